@@ -47,3 +47,13 @@ def ros_env():
         yield env
     finally:
         lock.close()  # releases the domain id
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """The `tiny` synthetic benchmark (all 9 scenes, seed 0), generated once per test run."""
+    from spatialoc_ros.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("tiny")
+    synthesize("tiny", seed=0, out=out, progress=False)
+    return out

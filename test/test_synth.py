@@ -6,14 +6,7 @@ import pytest
 
 from spatialoc_ros.data import constants as C
 from spatialoc_ros.data.kitti360pose import available_scenes, load_scene, load_split
-from spatialoc_ros.data.synth import build_scene, synthesize
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    synthesize("tiny", seed=0, out=out, progress=False)
-    return out
+from spatialoc_ros.data.synth import build_scene
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ def generate_city(rng: np.random.Generator, drive_length: float, district_weight
 
     nodes, edges = street_graph(rng, drive_length)
     path, used = drive(rng, nodes, edges, drive_length)
-    traj_xy = polyline(nodes, path, lane_offset=2.0)
+    traj_xy = polyline(nodes, path, lane_offset=2.0)[: int(drive_length) + 1]  # samples are 1 m apart
     trajectory = np.concatenate([traj_xy, (ground(traj_xy) + 1.7)[:, None]], 1)
 
     # districts: each street takes the kind of the nearest district centre
