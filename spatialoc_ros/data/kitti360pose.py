@@ -146,6 +146,17 @@ def _array(obj, name, shape, dtype) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=dtype)
 
 
+def _convert_each(items: list, convert, what: str) -> list:
+    """Convert every element; a failure names the element as ``<what> <index>``."""
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(convert(item))
+        except _Invalid as exc:
+            raise _Invalid(f"{what} {i}: {exc}") from None
+    return out
+
+
 def _object_from_legacy(obj) -> Object3d:
     if not isinstance(obj, legacy.Object3d):
         raise _Invalid(f"expected Object3d, got {type(obj).__name__}")
@@ -170,12 +181,10 @@ def _cell_from_legacy(cell) -> Cell:
     cell_size = _attr(cell, "cell_size")
     if not isinstance(cell_size, numbers.Real) or not np.isfinite(cell_size) or cell_size <= 0:
         raise _Invalid(f"cell {cell_id!r}: cell_size must be a positive number, got {cell_size!r}")
-    converted = []
-    for i, obj in enumerate(objects):
-        try:
-            converted.append(_object_from_legacy(obj))
-        except _Invalid as exc:
-            raise _Invalid(f"cell {cell_id!r}, object {i}: {exc}") from None
+    try:
+        converted = _convert_each(objects, _object_from_legacy, "object")
+    except _Invalid as exc:
+        raise _Invalid(f"cell {cell_id!r}, {exc}") from None
     try:
         bbox_w = _array(cell, "bbox_w", (6,), np.float64)
         scene = _str(cell, "scene_name")
@@ -211,12 +220,7 @@ def _pose_from_legacy(pose) -> Pose:
     descriptions = _attr(pose, "descriptions")
     if not isinstance(descriptions, list):
         raise _Invalid(f"descriptions must be a list, got {type(descriptions).__name__}")
-    hints = []
-    for i, d in enumerate(descriptions):
-        try:
-            hints.append(_hint_from_legacy(d))
-        except _Invalid as exc:
-            raise _Invalid(f"description {i}: {exc}") from None
+    hints = _convert_each(descriptions, _hint_from_legacy, "description")
     return Pose(
         pose=_array(pose, "pose", (3,), np.float64),
         pose_w=_array(pose, "pose_w", (3,), np.float64),
@@ -232,13 +236,10 @@ def _read_records(path, convert, what: str) -> list:
     data = legacy.load_legacy(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of {what}, got {type(data).__name__}")
-    records = []
-    for i, item in enumerate(data):
-        try:
-            records.append(convert(item))
-        except _Invalid as exc:
-            raise DataError(f"{path}: {what} {i}: {exc}") from None
-    return records
+    try:
+        return _convert_each(data, convert, what)
+    except _Invalid as exc:
+        raise DataError(f"{path}: {exc}") from None
 
 
 def read_cells(path) -> List[Cell]:
@@ -448,13 +449,10 @@ def _pose_to_legacy(p: Pose) -> legacy.Pose:
 
 
 def _convert_all(items, convert, path: Path, what: str) -> list:
-    out = []
-    for i, item in enumerate(items):
-        try:
-            out.append(convert(item))
-        except _Invalid as exc:
-            raise DataError(f"{path}: cannot write {what} {i}: {exc}") from None
-    return out
+    try:
+        return _convert_each(list(items), convert, what)
+    except _Invalid as exc:
+        raise DataError(f"{path}: cannot write {exc}") from None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
