@@ -1,0 +1,1 @@
+"""Evaluation: coarse retrieval scoring and recall metrics."""
