@@ -151,6 +151,8 @@ def _run_data_show(args) -> int:
 # naming one in a module of its own (imported while the parser is built).
 COMMANDS: List[Union[Registrar, str]] = [
     _add_data_command,
+    ".commands.train:add_train_command",
+    ".commands.evaluate:add_eval_command",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Command-line registrations of ``spatialoc`` subcommands that live outside cli.py."""

@@ -1,0 +1,29 @@
+"""``spatialoc eval``: argument wiring; the protocol is in spatialoc_ros.evaluation."""
+from __future__ import annotations
+
+import json
+
+
+def add_eval_command(commands) -> None:
+    p = commands.add_parser("eval", help="evaluate on a split or on a file of queries",
+                            description="The papers' protocol: retrieval recall@1/3/5 of the ground-truth "
+                                        "cell among all cells of the split.")
+    p.add_argument("--data", required=True, metavar="DIR", help="KITTI360Pose folder")
+    p.add_argument("--split", choices=("val", "test"), default="test")
+    p.add_argument("--weights", default="models", metavar="DIR", help="folder with pointnet.* and coarse.*")
+    p.add_argument("--queries", default=None, metavar="FILE.jsonl",
+                   help='queries {"text", "scene", "pose_w"} to evaluate against the split\'s gallery')
+    p.add_argument("--cache", default=None, metavar="DIR")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from ..evaluation.evaluate import evaluate, format_report
+
+    report = evaluate(args.data, args.split, args.weights, args.queries, cache=args.cache, device=args.device,
+                      progress=not (args.quiet or args.json))
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0

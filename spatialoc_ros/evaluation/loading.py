@@ -1,0 +1,41 @@
+"""Load the shipped (or any trained) coarse stage with its frozen inputs for a map."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ..errors import SpatialocError
+
+
+@dataclass
+class CoarseStage:
+    model: object  # CoarseModel, eval mode
+    bank: object  # CellBank of the gallery
+    text: object  # TextCache
+    score_terms: List[str]
+    config: dict
+
+
+def load_coarse_stage(weights: str, data: str, split: str, cells: Sequence, hint_lists: Sequence[Sequence[str]],
+                      cache: Optional[str] = None, device="cpu", progress: bool = True) -> CoarseStage:
+    """The coarse model of ``weights/coarse``, the gallery bank of ``cells`` and a text cache."""
+    from ..networks.checkpoint import load_checkpoint
+    from ..networks.coarse import CoarseConfig, CoarseModel
+    from ..training.frozen_inputs import cache_dir, load_banks, load_text_cache
+
+    stem = Path(weights) / "coarse"
+    if not Path(f"{stem}.safetensors").exists():
+        raise SpatialocError(f"{stem}.safetensors: no coarse weights (train them with `spatialoc train coarse`)")
+    model, config = load_checkpoint(lambda cfg: CoarseModel(CoarseConfig.from_dict(cfg["architecture"])), stem)
+    model.to(device).eval()
+    root = cache_dir(data, cache)
+    seed = config.get("training", {}).get("seed", 0)
+    banks, pointnet = load_banks(root, str(Path(weights) / "pointnet"), {split: cells},
+                                 model.cfg.max_objects, seed, progress)
+    trained_with = config.get("pointnet", {}).get("digest")
+    if trained_with and trained_with != pointnet["digest"]:
+        raise SpatialocError(f"{weights}/pointnet.safetensors is not the PointNet++ the coarse model was "
+                             f"trained with (digest {pointnet['digest']}, expected {trained_with})")
+    text = load_text_cache(root, config["text_encoder"], sorted({s for h in hint_lists for s in h}))
+    return CoarseStage(model, banks[split], text, list(config["score_terms"]), config)

@@ -1,0 +1,209 @@
+"""Model checkpoints as ``<stem>.safetensors`` (tensors) + ``<stem>.json`` (config). No pickles.
+
+The JSON holds whatever the caller passes as ``config`` (by convention:
+``architecture`` = constructor keyword arguments, ``classes``,
+``training`` = data path, seed, hyper-parameters, and ``metrics``), plus
+``date`` and ``git_commit``, which are filled in when absent.
+
+Loading is strict: every tensor the model expects must be in the file with
+the same shape, and nothing else may be. A mismatch raises one line of
+:class:`~spatialoc_ros.errors.SpatialocError` naming the file, the first
+tensor whose shape differs (expected vs found) and the missing and
+unexpected keys.
+
+Optimizer state (for resuming training) goes to a separate pair of files
+through :func:`save_optimizer` / :func:`load_optimizer`: tensors to
+safetensors, scalars and hyper-parameters to JSON.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Tuple, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import SpatialocError
+
+PathLike = Union[str, os.PathLike]
+FORMAT = "spatialoc-checkpoint-1"
+
+
+def paths(path_stem: PathLike) -> Tuple[Path, Path]:
+    """``stem`` -> (stem.safetensors, stem.json); a stem given with either suffix is accepted."""
+    stem = Path(path_stem)
+    if stem.suffix in (".safetensors", ".json"):
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+
+    _atomic_write(path, write)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise SpatialocError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SpatialocError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(obj, dict):
+        raise SpatialocError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def _write_tensors(path: Path, tensors: Dict[str, torch.Tensor]) -> None:
+    # clone(): safetensors refuses tensors that share memory (tied weights, views).
+    flat = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
+
+
+def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise SpatialocError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SpatialocError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+
+
+def _shape(t) -> str:
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+def check_state(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor], where: str) -> None:
+    """Raise one line if the tensor names or shapes of ``found`` differ from ``expected``."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if wrong:
+        k = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        parts.append(f"tensor {k!r} has shape {_shape(found[k])}, expected {_shape(expected[k])}{more}")
+    if missing:
+        parts.append(f"missing keys: {', '.join(missing[:5])}" + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+    if unexpected:
+        parts.append(f"unexpected keys: {', '.join(unexpected[:5])}"
+                     + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+    raise SpatialocError(f"{where}: does not match the model: " + "; ".join(parts))
+
+
+def save_checkpoint(model: nn.Module, path_stem: PathLike, config: Dict[str, Any]) -> Tuple[Path, Path]:
+    """Write ``model.state_dict()`` and ``config`` (+ date, git commit); returns both paths."""
+    tensor_path, json_path = paths(path_stem)
+    meta = {"format": FORMAT, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "git_commit": git_commit()}
+    _write_tensors(tensor_path, model.state_dict())
+    _write_json(json_path, {**meta, **config})
+    return tensor_path, json_path
+
+
+def load_config(path_stem: PathLike) -> Dict[str, Any]:
+    """The JSON config of a checkpoint."""
+    return _read_json(paths(path_stem)[1])
+
+
+def load_checkpoint(model_or_factory: Union[nn.Module, Callable[[Dict[str, Any]], nn.Module]], path_stem: PathLike,
+                    map_location: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Load a checkpoint strictly -> (model, config).
+
+    ``model_or_factory`` is a module to fill, or a callable that builds one
+    from the checkpoint's config dict, e.g.
+    ``lambda cfg: PointNet2(**cfg["architecture"])``. The model is returned
+    in eval mode on ``map_location``.
+    """
+    tensor_path, json_path = paths(path_stem)
+    config = _read_json(json_path)
+    if isinstance(model_or_factory, nn.Module):
+        model = model_or_factory
+    else:
+        try:
+            model = model_or_factory(config)
+        except (KeyError, TypeError, ValueError) as e:
+            raise SpatialocError(f"{json_path}: cannot build the model from this config "
+                                 f"({type(e).__name__}: {e})") from None
+    state = _read_tensors(tensor_path)
+    check_state(model.state_dict(), state, str(tensor_path))
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise SpatialocError(f"{tensor_path}: tensor {k!r} holds NaN or infinite values")
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location).eval(), config
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, path_stem: PathLike) -> None:
+    """Optimizer state: per-parameter tensors to safetensors, the rest to JSON."""
+    tensor_path, json_path = paths(path_stem)
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{name}"] = value
+            else:
+                scalars[f"{pid}.{name}"] = value
+    _write_tensors(tensor_path, tensors)
+    _write_json(json_path, {"format": FORMAT, "optimizer": type(optimizer).__name__,
+                            "param_groups": sd["param_groups"], "scalars": scalars})
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path_stem: PathLike) -> None:
+    """Restore what :func:`save_optimizer` wrote into an optimizer over the same parameters."""
+    tensor_path, json_path = paths(path_stem)
+    meta = _read_json(json_path)
+    if meta.get("optimizer") != type(optimizer).__name__:
+        raise SpatialocError(f"{json_path}: holds {meta.get('optimizer')} state, not "
+                             f"{type(optimizer).__name__}")
+    state: Dict[int, Dict[str, Any]] = {}
+    items = list(_read_tensors(tensor_path).items()) + list(meta.get("scalars", {}).items())
+    for key, value in items:
+        pid, _, name = key.partition(".")
+        state.setdefault(int(pid), {})[name] = value
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise SpatialocError(f"{json_path}: does not fit the optimizer ({' '.join(str(e).split())})") from None
+

@@ -1,0 +1,228 @@
+"""PointNet++ object encoder and classifier, in plain PyTorch (method §2.1).
+
+The layout is the Text2Pos object classifier whose ``features2`` SpatiaLoc
+uses as the 256-d per-object "class" feature. One object is a fixed-size
+set of P points (P = 256 in the benchmark); shapes below use B objects.
+
+    input   xyz [B, 256, 3] positions, rgb [B, 256, 3] colours in [0, 1]
+    SA1     FPS 1/2, ball r 0.2, MLP [3+3 -> 32 -> 64]      [B, 128, 64]
+    SA2     FPS 1/2, ball r 0.3, MLP [64+3 -> 128 -> 128]   [B, 64, 128]
+    SA3     FPS 1/2, ball r 0.4, MLP [128+3 -> 256 -> 256]  [B, 32, 256]
+    global  MLP [256+3 -> 512 -> 1024] per point, max-pool  [B, 1024]
+    lin1    Linear 1024 -> 512, ReLU                        [B, 512]
+    lin2    Linear 512 -> 256, ReLU   = object feature       [B, 256]
+    head    Linear 256 -> num_classes                       [B, num_classes]
+
+Every MLP layer is Linear + BatchNorm + ReLU, the last one included, as in
+Text2Pos. A set-abstraction (SA) stage picks centres by farthest-point
+sampling, gathers each centre's neighbours within the radius, runs the MLP
+on the messages [x_j, pos_j - pos_i] and max-pools them per centre.
+
+Coordinates. Points are given as the dataset stores them: cell-normalised
+(1 = 30 m), neither centred on the object nor rescaled, exactly what the
+SpatiaLoc object encoder feeds to PointNet++ (``--no_pc_augment``). The
+radii are therefore in cell units (0.2 = 6 m). The SA messages only see
+offsets ``pos_j - pos_i``, so where the object lies in its cell reaches the
+network only through the global stage, which concatenates the absolute
+position of the 32 SA3 centres; objects that stick out of the cell (whole
+buildings keep all their points) give values outside [0, 1] there, which
+is also what training sees. Train and use the encoder on the same
+cell-normalised points.
+
+Differences from PyTorch Geometric's ``fps`` / ``radius``, chosen so that
+the encoder is deterministic and does not depend on the order of the input
+points:
+
+* FPS starts from the point farthest from the object's centroid (PyG
+  starts from a random point).
+* When more than ``max_neighbours`` points lie within the radius, the
+  closest ones are kept (PyG keeps the first ones in memory order). With
+  at most ``max_neighbours`` points in the ball the neighbourhoods match.
+* Every centre gets exactly ``max_neighbours`` slots; empty slots repeat
+  its nearest neighbour (the centre itself), which leaves the max-pool
+  unchanged. In training mode those repeats do count in BatchNorm's batch
+  statistics; in eval mode the output equals the PyG formulation.
+
+Permutation guarantee: in eval mode, reordering the P input points leaves
+the output unchanged up to float rounding, except when two *different*
+points are exactly tied in a farthest-point or nearest-neighbour choice
+(repeated copies of one point, as sampling with replacement produces,
+carry identical features and never matter).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.constants import CLASS_NAMES
+
+FEATURE_DIM = 256
+
+
+def gather_points(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Pick points per batch element: x [B, N, C], idx [B, ...] (values < N) -> [B, ..., C]."""
+    B, N, C = x.shape
+    offset = torch.arange(B, device=idx.device).view(B, *([1] * (idx.dim() - 1))) * N
+    flat = torch.index_select(x.reshape(B * N, C), 0, (idx + offset).reshape(-1))
+    return flat.view(*idx.shape, C)
+
+
+@contextlib.contextmanager
+def cpu_single_thread(device: torch.device) -> Iterator[None]:
+    """Run a block of many tiny CPU ops on one thread (no-op on other devices).
+
+    FPS issues a few small ops per pick; with several threads each one pays a
+    synchronisation that costs far more than the work, above all when other
+    processes share the cores.
+    """
+    n = torch.get_num_threads()
+    if device.type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@torch.no_grad()
+def farthest_point_sample(pos: torch.Tensor, m: int) -> torch.Tensor:
+    """Farthest-point sampling of m of the N points of each set.
+
+    pos [B, N, 3] -> indices [B, m]. The first pick is the point farthest from
+    the set's centroid; each next pick is the point farthest from all picks so
+    far (ties: the lowest index). Loops over the m picks, vectorised over B.
+    """
+    B, N, _ = pos.shape
+    with cpu_single_thread(pos.device):
+        idx = torch.empty(B, m, dtype=torch.long, device=pos.device)
+        rows = torch.arange(B, device=pos.device)
+        farthest = (pos - pos.mean(dim=1, keepdim=True)).square().sum(-1).argmax(dim=1)  # [B]
+        dist = torch.full((B, N), math.inf, dtype=pos.dtype, device=pos.device)
+        for i in range(m):
+            idx[:, i] = farthest
+            d = (pos - pos[rows, farthest].unsqueeze(1)).square().sum(-1)  # [B, N]
+            dist = torch.minimum(dist, d)
+            farthest = dist.argmax(dim=1)
+    return idx
+
+
+@torch.no_grad()
+def ball_query(pos: torch.Tensor, centres: torch.Tensor, radius: float, k: int) -> torch.Tensor:
+    """Up to k neighbours within ``radius`` of each centre, nearest first.
+
+    pos [B, N, 3], centres [B, M, 3] -> indices into pos [B, M, min(k, N)].
+    Slots beyond the points inside the ball repeat the nearest neighbour.
+    A point at exactly ``radius`` counts as inside.
+    """
+    d2 = (centres.unsqueeze(2) - pos.unsqueeze(1)).square().sum(-1)  # [B, M, N]
+    d2, idx = d2.topk(min(k, pos.shape[1]), dim=-1, largest=False, sorted=True)
+    return torch.where(d2 <= radius * radius, idx, idx[..., :1])
+
+
+def mlp(channels: Sequence[int]) -> nn.Sequential:
+    """[c0 -> c1 -> ... ] as Linear + BatchNorm1d + ReLU per layer (Text2Pos ``get_mlp``)."""
+    layers = []
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
+        layers += [nn.Linear(c_in, c_out), nn.BatchNorm1d(c_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def point_message_mlp(mlp_: nn.Sequential, x: torch.Tensor, pos: torch.Tensor,
+                      idx: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Run ``mlp_`` on the messages [x_j, pos_j - pos_i] and max-pool them per centre i.
+
+    x [B, N, C], pos [B, N, 3], idx [B, M, K] (the neighbours j of each centre),
+    centres [B, M, 3] -> [B, M, C_out].
+
+    The first Linear, W [x_j, pos_j - pos_i] + b, is evaluated as
+    (W_x x_j + W_p pos_j + b) - W_p pos_i: once per point and once per centre
+    instead of once per message (same result, K times fewer products).
+    """
+    first, rest = mlp_[0], mlp_[1:]
+    C = x.shape[-1]
+    w_x, w_p = first.weight[:, :C], first.weight[:, C:]
+    per_point = F.linear(x, w_x) + F.linear(pos, w_p, first.bias)  # [B, N, H]
+    neg_centre = F.linear(centres, w_p).neg()  # [B, M, H]
+    h = gather_points(per_point, idx) + neg_centre.unsqueeze(2)  # [B, M, K, H]
+    B, M, K, H = h.shape
+    return rest(h.view(B * M * K, H)).view(B, M, K, -1).max(dim=2).values
+
+
+class SetAbstraction(nn.Module):
+    """FPS + ball query + shared MLP + max-pool: (x [B, N, C], pos [B, N, 3]) -> ([B, M, C'], [B, M, 3])."""
+
+    def __init__(self, channels: Sequence[int], ratio: float, radius: float, max_neighbours: int):
+        super().__init__()
+        self.ratio, self.radius, self.max_neighbours = ratio, radius, max_neighbours
+        self.mlp = mlp(channels)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        m = math.ceil(self.ratio * pos.shape[1])
+        centres = gather_points(pos, farthest_point_sample(pos, m))  # [B, M, 3]
+        idx = ball_query(pos, centres, self.radius, self.max_neighbours)  # [B, M, K]
+        return point_message_mlp(self.mlp, x, pos, idx, centres), centres  # [B, M, C']
+
+
+class GlobalAbstraction(nn.Module):
+    """Shared MLP on [x, pos] per point, then max over points: ([B, N, C], [B, N, 3]) -> [B, C']."""
+
+    def __init__(self, channels: Sequence[int]):
+        super().__init__()
+        self.mlp = mlp(channels)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        h = self.mlp(torch.cat([x, pos], dim=-1).reshape(B * N, -1))
+        return h.view(B, N, -1).max(dim=1).values
+
+
+class PointNet2(nn.Module):
+    """PointNet++ object classifier; ``features()`` gives the 256-d object feature.
+
+    Constructor arguments are the architecture config saved with checkpoints
+    (``config()``); defaults are the Text2Pos / SpatiaLoc values.
+    """
+
+    def __init__(self, num_classes: int = len(CLASS_NAMES), use_color: bool = True, ratio: float = 0.5,
+                 radii: Sequence[float] = (0.2, 0.3, 0.4), max_neighbours: int = 64):
+        super().__init__()
+        self._config = dict(num_classes=num_classes, use_color=use_color, ratio=ratio,
+                            radii=[float(r) for r in radii], max_neighbours=max_neighbours)
+        self.use_color = use_color
+        self.feature_dim = FEATURE_DIM
+        r1, r2, r3 = radii
+        self.sa1 = SetAbstraction([3 + 3, 32, 64], ratio, r1, max_neighbours)
+        self.sa2 = SetAbstraction([64 + 3, 128, 128], ratio, r2, max_neighbours)
+        self.sa3 = SetAbstraction([128 + 3, 256, 256], ratio, r3, max_neighbours)
+        self.sa_global = GlobalAbstraction([256 + 3, 512, 1024])
+        self.lin1 = nn.Linear(1024, 512)
+        self.lin2 = nn.Linear(512, FEATURE_DIM)
+        self.head = nn.Linear(FEATURE_DIM, num_classes)
+
+    def config(self) -> dict:
+        """The constructor arguments: ``PointNet2(**model.config())`` rebuilds the architecture."""
+        return dict(self._config)
+
+    def features(self, xyz: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """Object features: xyz [B, P, 3] cell-normalised, rgb [B, P, 3] in [0, 1] -> [B, 256]."""
+        if xyz.dim() != 3 or xyz.shape[-1] != 3 or rgb.shape != xyz.shape:
+            raise ValueError(f"expected xyz and rgb of shape [B, P, 3], got {tuple(xyz.shape)} "
+                             f"and {tuple(rgb.shape)}")
+        x = rgb if self.use_color else torch.zeros_like(rgb)
+        x, pos = self.sa1(x, xyz)
+        x, pos = self.sa2(x, pos)
+        x, pos = self.sa3(x, pos)
+        x = self.sa_global(x, pos)
+        x = F.relu(self.lin1(x))
+        return F.relu(self.lin2(x))
+
+    def forward(self, xyz: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """Class logits: xyz, rgb [B, P, 3] -> [B, num_classes]."""
+        return self.head(self.features(xyz, rgb))

@@ -1,0 +1,248 @@
+"""``spatialoc train coarse``: train the coarse stage on a KITTI360Pose folder.
+
+One epoch = every training query once, in random batches of queries whose
+cells have similar object counts (so little time goes to padding). Each
+query is paired with its ground-truth cell; hints are shuffled and cells
+mirrored at random (the benchmark's augmentations). After every epoch the
+model ranks the whole validation gallery for the validation queries; the
+best epoch (by the selection metric, recall@5 as in the reference code)
+is written to ``OUT/coarse.safetensors`` + ``OUT/coarse.json``, and
+``OUT/last.pt`` holds what a resumed run needs.
+
+Frozen inputs are cached under ``--cache`` (default ``DATA/.spatialoc_cache``):
+token embeddings per unique hint sentence, and per split a bank of PointNet++
+features per cell (:mod:`.cell_bank`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import SpatialocError
+from ..networks.coarse import CoarseConfig, CoarseModel
+from .losses import coarse_loss
+from .queries import augment, flip_sentence, pose_hints, size_grouped_batches
+from .text_batches import text_batch
+
+LOSS_TERMS = ("is", "io", "global")
+
+
+@dataclass
+class CoarseTrainConfig:
+    data: str
+    out: str
+    epochs: int = 32
+    batch_size: int = 64
+    lr: float = 1e-4
+    lr_step: int = 5  # StepLR(5, 0.5), the README schedule (spec §10.1)
+    lr_gamma: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    text_encoder: str = "minilm"
+    pointnet: str = "models/pointnet"
+    cache: Optional[str] = None
+    losses: Sequence[str] = LOSS_TERMS
+    global_terms: Sequence[float] = (1.0, 1.0, 1.0)
+    max_train_queries: int = 0  # 0 = all; otherwise a fixed random subset (quick runs, tests)
+    max_val_queries: int = 0
+    select: str = "5"  # validation recall@k used to pick the best epoch
+    model: CoarseConfig = field(default_factory=CoarseConfig)
+
+    @property
+    def score_terms(self) -> List[str]:
+        """Retrieval scores to fuse: those whose loss is trained (spec §7.6)."""
+        names = {"global": "global", "io": "object", "is": "relation"}
+        return [names[t] for t in ("global", "io", "is") if t in self.losses]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpatialocError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+class _Distributed:
+    """torchrun support: rank / world size from the environment, DDP when world > 1."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+    def close(self):
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _sentences_with_flips(hint_lists) -> List[str]:
+    base = {s for h in hint_lists for s in h}
+    flips = {flip_sentence(flip_sentence(s, 0), 1) for s in base}
+    flips |= {flip_sentence(s, 0) for s in base} | {flip_sentence(s, 1) for s in base}
+    return sorted(base | flips)
+
+
+def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
+    """Train, validate every epoch, keep the best; returns the best metrics."""
+    from tqdm import tqdm
+
+    from ..data.kitti360pose import load_split
+    from ..evaluation.coarse_eval import encode_gallery, encode_queries, rank_cells, retrieval_metrics
+    from ..networks.checkpoint import save_checkpoint
+    from .frozen_inputs import cache_dir, load_banks, load_text_cache
+
+    unknown = set(cfg.losses) - set(LOSS_TERMS)
+    if unknown or not cfg.losses:
+        raise SpatialocError(f"--losses must name some of {', '.join(LOSS_TERMS)}")
+    if cfg.model.global_only and set(cfg.losses) != {"global"}:
+        raise SpatialocError("the Global-only model trains the global loss alone (--losses global)")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    dist = _Distributed(pick_device(cfg.device))
+    device = dist.device
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    train_hints = [pose_hints(p) for p in train.poses]
+    val_hints = [pose_hints(p) for p in val.poses]
+    root = cache_dir(cfg.data, cfg.cache)
+    banks, pointnet_info = load_banks(root, cfg.pointnet, {"train": train.cells, "val": val.cells},
+                                      cfg.model.max_objects, cfg.seed, progress)
+    cache = load_text_cache(root, cfg.text_encoder,
+                            _sentences_with_flips(train_hints) + sorted({s for h in val_hints for s in h}))
+    cfg.model.token_dim = cache.hidden_size
+    _copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for `spatialoc eval`
+    train_rows = banks["train"].rows([p.cell_id for p in train.poses]).numpy()
+    val_gt = banks["val"].rows([p.cell_id for p in val.poses])
+    sizes = banks["train"].mask.sum(1).numpy()[train_rows]
+    train_ids = np.arange(len(train.poses))
+    if cfg.max_train_queries:
+        train_ids = np.sort(rng.choice(train_ids, min(cfg.max_train_queries, len(train_ids)), replace=False))
+    val_ids = np.arange(len(val.poses))
+    if cfg.max_val_queries:
+        val_ids = np.sort(rng.choice(val_ids, min(cfg.max_val_queries, len(val_ids)), replace=False))
+
+    model = CoarseModel(cfg.model)
+    # the point-count stream is standardised with the training objects' own statistics
+    counts = banks["train"].counts[banks["train"].mask].float()
+    model.objects.count_mean.fill_(float(counts.mean()))
+    model.objects.count_std.fill_(float(counts.std()))
+    model = model.to(device)
+    ddp = dist.wrap(model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma)
+    state = {"epoch": 0, "best": -1.0, "history": []}
+    last = out / "last.pt"
+    if last.exists():
+        saved = torch.load(last, weights_only=True, map_location="cpu")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state = json.loads(saved["state"])
+        rng = np.random.default_rng([cfg.seed, state["epoch"]])
+        if dist.main:
+            print(f"resuming after epoch {state['epoch']} (best val recall@{cfg.select} {state['best']:.3f})")
+
+    while state["epoch"] < cfg.epochs:
+        epoch = state["epoch"] + 1
+        model.train()
+        batches = size_grouped_batches(sizes[train_ids], cfg.batch_size, rng)
+        batches = [train_ids[b] for b in batches if len(b) > 1][dist.rank::dist.world]
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not (progress and dist.main))
+        t0, running = time.perf_counter(), []
+        for ids in bar:
+            flip_x, flip_y = rng.random(len(ids)) < 0.5, rng.random(len(ids)) < 0.5
+            hints = [augment(train_hints[i], rng, fx, fy) for i, fx, fy in zip(ids, flip_x, flip_y)]
+            text = {k: v.to(device) for k, v in text_batch(cache, hints).items()}
+            cells = banks["train"].batch(torch.from_numpy(train_rows[ids]), torch.from_numpy(flip_x),
+                                         torch.from_numpy(flip_y))
+            cells = {k: v.to(device) for k, v in cells.items()}
+            loss, parts = coarse_loss(ddp(text, cells), use_is="is" in cfg.losses, use_io="io" in cfg.losses,
+                                      use_global="global" in cfg.losses, global_terms=cfg.global_terms)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running.append(float(parts["total"]))
+            bar.set_postfix(loss=f"{np.mean(running[-50:]):.3f}")
+        sched.step()
+        record = {"epoch": epoch, "loss": float(np.mean(running)) if running else float("nan"),
+                  "train_s": time.perf_counter() - t0}
+        if dist.main:
+            gallery = encode_gallery(model, banks["val"], device=device)
+            queries = encode_queries(model, cache, [val_hints[i] for i in val_ids], device=device)
+            top = rank_cells(queries, gallery, cfg.score_terms, k=10)
+            record["val_recall"] = retrieval_metrics(top, val_gt[val_ids])
+            print(f"epoch {epoch}: loss {record['loss']:.4f}, val recall@1/3/5 "
+                  + "/".join(f"{record['val_recall'][k]:.3f}" for k in ("1", "3", "5"))
+                  + f" ({record['train_s']:.0f} s)")
+            score = record["val_recall"][cfg.select]
+            if score > state["best"]:
+                state["best"] = score
+                save_checkpoint(model, out / "coarse", _checkpoint_config(cfg, record, pointnet_info))
+        state["epoch"] = epoch
+        state["history"].append(record)
+        if dist.main:
+            tmp = last.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "state": json.dumps(state)}, tmp)
+            tmp.replace(last)
+    dist.close()
+    return state
+
+
+def _copy_pointnet(stem: str, out: Path) -> None:
+    import shutil
+
+    for ext in (".safetensors", ".json"):
+        src, dst = Path(stem + ext), out / ("pointnet" + ext)
+        if not dst.exists() or not dst.samefile(src):
+            shutil.copyfile(src, dst)
+
+
+def _checkpoint_config(cfg: CoarseTrainConfig, record: dict, pointnet_info: dict) -> dict:
+    train = asdict(cfg)
+    train.pop("model")
+    return {"kind": "coarse", "architecture": cfg.model.to_dict(), "text_encoder": cfg.text_encoder,
+            "pointnet": pointnet_info, "score_terms": cfg.score_terms, "training": train,
+            "metrics": {"val_recall": record["val_recall"], "epoch": record["epoch"]},
+            "commit": _git_commit()}
+
+
+def _git_commit() -> Optional[str]:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
