@@ -21,7 +21,7 @@ import datetime
 import json
 import os
 import subprocess
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Tuple, Union
 
@@ -51,22 +51,20 @@ def git_commit() -> str | None:
                              capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same folder, then rename: never a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+        write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -104,7 +102,16 @@ def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise SpatialocError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+        raise SpatialocError(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _names(keys, limit: int = 5) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
 
 
 def _shape(t) -> str:
@@ -124,10 +131,9 @@ def check_state(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor
         more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
         parts.append(f"tensor {k!r} has shape {_shape(found[k])}, expected {_shape(expected[k])}{more}")
     if missing:
-        parts.append(f"missing keys: {', '.join(missing[:5])}" + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+        parts.append(f"missing keys: {_names(missing)}")
     if unexpected:
-        parts.append(f"unexpected keys: {', '.join(unexpected[:5])}"
-                     + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+        parts.append(f"unexpected keys: {_names(unexpected)}")
     raise SpatialocError(f"{where}: does not match the model: " + "; ".join(parts))
 
 
@@ -146,14 +152,17 @@ def load_config(path_stem: PathLike) -> Dict[str, Any]:
     return _read_json(paths(path_stem)[1])
 
 
-def load_checkpoint(model_or_factory: Union[nn.Module, Callable[[Dict[str, Any]], nn.Module]], path_stem: PathLike,
-                    map_location: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+Factory = Callable[[Dict[str, Any]], nn.Module]
+
+
+def load_checkpoint(model_or_factory: Union[nn.Module, Factory], path_stem: PathLike,
+                    map_location: Union[str, torch.device, None] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """Load a checkpoint strictly -> (model, config).
 
     ``model_or_factory`` is a module to fill, or a callable that builds one
     from the checkpoint's config dict, e.g.
     ``lambda cfg: PointNet2(**cfg["architecture"])``. The model is returned
-    in eval mode on ``map_location``.
+    in eval mode, moved to ``map_location`` when one is given.
     """
     tensor_path, json_path = paths(path_stem)
     config = _read_json(json_path)
@@ -171,7 +180,9 @@ def load_checkpoint(model_or_factory: Union[nn.Module, Callable[[Dict[str, Any]]
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise SpatialocError(f"{tensor_path}: tensor {k!r} holds NaN or infinite values")
     model.load_state_dict(state, strict=True)
-    return model.to(map_location).eval(), config
+    if map_location is not None:
+        model.to(map_location)
+    return model.eval(), config
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, path_stem: PathLike) -> None:
@@ -202,8 +213,11 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path_stem: PathLike) -> Non
     for key, value in items:
         pid, _, name = key.partition(".")
         state.setdefault(int(pid), {})[name] = value
+    # JSON turns tuples (Adam's betas) into lists; "params" is the one list that stays a list.
+    groups = [{k: v if k == "params" or not isinstance(v, list) else tuple(v) for k, v in g.items()}
+              for g in meta.get("param_groups", [])]
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, ValueError, RuntimeError) as e:
-        raise SpatialocError(f"{json_path}: does not fit the optimizer ({' '.join(str(e).split())})") from None
+        raise SpatialocError(f"{json_path}: does not fit the optimizer ({_one_line(e)})") from None
 

@@ -34,7 +34,8 @@ the encoder is deterministic and does not depend on the order of the input
 points:
 
 * FPS starts from the point farthest from the object's centroid (PyG
-  starts from a random point).
+  starts from a random point), and once every distinct position is picked
+  it repeats its picks in order (PyG's picks then depend on the point order).
 * When more than ``max_neighbours`` points lie within the radius, the
   closest ones are kept (PyG keeps the first ones in memory order). With
   at most ``max_neighbours`` points in the ball the neighbourhoods match.
@@ -97,20 +98,29 @@ def farthest_point_sample(pos: torch.Tensor, m: int) -> torch.Tensor:
 
     pos [B, N, 3] -> indices [B, m]. The first pick is the point farthest from
     the set's centroid; each next pick is the point farthest from all picks so
-    far (ties: the lowest index). Loops over the m picks, vectorised over B.
+    far (ties: the lowest index). Once every distinct position has been picked
+    (sets with repeated points), the picks repeat from the start, so the
+    result does not depend on which copy of a point comes first. Loops over
+    the m picks, vectorised over B.
     """
     B, N, _ = pos.shape
     with cpu_single_thread(pos.device):
         idx = torch.empty(B, m, dtype=torch.long, device=pos.device)
+        gap = torch.empty(B, m, dtype=pos.dtype, device=pos.device)  # distance of pick i to earlier picks
         rows = torch.arange(B, device=pos.device)
         farthest = (pos - pos.mean(dim=1, keepdim=True)).square().sum(-1).argmax(dim=1)  # [B]
         dist = torch.full((B, N), math.inf, dtype=pos.dtype, device=pos.device)
+        gap[:, 0] = math.inf
         for i in range(m):
             idx[:, i] = farthest
             d = (pos - pos[rows, farthest].unsqueeze(1)).square().sum(-1)  # [B, N]
             dist = torch.minimum(dist, d)
-            farthest = dist.argmax(dim=1)
-    return idx
+            best, farthest = dist.max(dim=1)
+            if i + 1 < m:
+                gap[:, i + 1] = best
+    # Gaps never grow, so the distinct picks come first: n of them, then zeros.
+    distinct = (gap > 0).sum(dim=1, keepdim=True)  # [B, 1], >= 1
+    return idx.gather(1, torch.arange(m, device=pos.device).unsqueeze(0) % distinct)
 
 
 @torch.no_grad()

@@ -20,16 +20,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data.schema import Cell, Object3d
+from ..data.schema import Cell
 from ..errors import DataError
-
-POINTS_PER_OBJECT = 256
-
-
-def sample_points(obj: Object3d, rng: np.random.Generator, n: int = POINTS_PER_OBJECT):
-    """``n`` points of an object drawn with replacement: (xyz [n, 3], rgb [n, 3]) float32."""
-    idx = rng.integers(0, len(obj.xyz), size=n)
-    return obj.xyz[idx].astype(np.float32), obj.rgb[idx].astype(np.float32)
+from .objects import objects_to_batch
 
 
 def cell_seed(cell_id: str, seed: int) -> int:
@@ -92,9 +85,7 @@ def cell_inputs(cell: Cell, max_objects: int, seed: int):
     """Sampled points and per-object inputs of one cell's first ``max_objects`` objects."""
     rng = np.random.default_rng(cell_seed(cell.id, seed))
     objs = cell.objects[:max_objects]
-    pts = [sample_points(o, rng) for o in objs]
-    xyz = np.stack([p[0] for p in pts])
-    rgb = np.stack([p[1] for p in pts])
+    xyz, rgb = (t.numpy() for t in objects_to_batch(objs, rng=rng))
     colors = np.stack([o.rgb.mean(0) for o in objs]).astype(np.float32)
     centers = np.stack([o.xyz.mean(0) for o in objs]).astype(np.float32)
     counts = np.array([len(o.xyz) for o in objs], dtype=np.int64)
