@@ -225,10 +225,22 @@ class PointNet2(nn.Module):
         if xyz.dim() != 3 or xyz.shape[-1] != 3 or rgb.shape != xyz.shape:
             raise ValueError(f"expected xyz and rgb of shape [B, P, 3], got {tuple(xyz.shape)} "
                              f"and {tuple(rgb.shape)}")
+        return self.global_features(*self.local_features(xyz, rgb))
+
+    def local_features(self, xyz: torch.Tensor, rgb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The three set-abstraction stages: -> (features [B, 32, 256], centres [B, 32, 3]).
+
+        They see only offsets between points, so translating an object translates the
+        centres and leaves the features unchanged: an object shared by several cells
+        needs them once (see :func:`shift_centres`).
+        """
         x = rgb if self.use_color else torch.zeros_like(rgb)
         x, pos = self.sa1(x, xyz)
         x, pos = self.sa2(x, pos)
-        x, pos = self.sa3(x, pos)
+        return self.sa3(x, pos)
+
+    def global_features(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Global stage, lin1, lin2: (x [B, M, 256], pos [B, M, 3]) -> object features [B, 256]."""
         x = self.sa_global(x, pos)
         x = F.relu(self.lin1(x))
         return F.relu(self.lin2(x))
@@ -236,3 +248,27 @@ class PointNet2(nn.Module):
     def forward(self, xyz: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
         """Class logits: xyz, rgb [B, P, 3] -> [B, num_classes]."""
         return self.head(self.features(xyz, rgb))
+
+
+def fold_batchnorm(model: "PointNet2") -> "PointNet2":
+    """An inference copy of ``model`` with every BatchNorm folded into the Linear before it.
+
+    In eval mode BatchNorm is an affine map per channel, so W' = W * s and
+    b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps) give the same
+    outputs with one pass over the (large) neighbour tensors less per layer.
+    """
+    import copy
+
+    folded = copy.deepcopy(model).eval()
+    for seq in folded.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            lin, bn = seq[i], seq[i + 1]
+            if isinstance(lin, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                with torch.no_grad():
+                    lin.weight.mul_(scale[:, None])
+                    lin.bias.copy_((lin.bias - bn.running_mean) * scale + bn.bias)
+                seq[i + 1] = nn.Identity()
+    return folded

@@ -5,8 +5,8 @@ as in the reference code) with four inputs each: the frozen PointNet++ feature
 of 256 points sampled with replacement, the mean colour, the centre and the
 raw point count. PointNet++ is frozen (spec §2.1, §12 #15), so its features
 are computed once per cell and stored in a :class:`CellBank`; points are
-sampled with a seed derived from the cell id, so a bank is reproducible
-(spec §12 #23). A bank is saved as one safetensors file.
+sampled with seeds derived from the object or the cell, so a bank is
+reproducible (spec §12 #23). A bank is saved as one safetensors file.
 """
 from __future__ import annotations
 
@@ -81,53 +81,105 @@ class CellBank:
         return cls(ids, t["point_features"], t["colors"], t["centers"], t["counts"], t["mask"].bool())
 
 
-def cell_inputs(cell: Cell, max_objects: int, seed: int):
-    """Sampled points and per-object inputs of one cell's first ``max_objects`` objects."""
-    rng = np.random.default_rng(cell_seed(cell.id, seed))
-    objs = cell.objects[:max_objects]
-    xyz, rgb = (t.numpy() for t in objects_to_batch(objs, rng=rng))
-    colors = np.stack([o.rgb.mean(0) for o in objs]).astype(np.float32)
-    centers = np.stack([o.xyz.mean(0) for o in objs]).astype(np.float32)
-    counts = np.array([len(o.xyz) for o in objs], dtype=np.int64)
-    return xyz, rgb, colors, centers, counts
+def _object_seed(key, seed: int) -> int:
+    return zlib.crc32(repr(key).encode()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF)
+
+
+class _FeatureQueue:
+    """Objects waiting for PointNet++; computed in batches, results scattered into ``out``."""
+
+    def __init__(self, compute, batch_objects: int):
+        self.compute, self.batch_objects = compute, batch_objects
+        self.inputs, self.targets = [], []
+
+    def add(self, inputs, target) -> None:
+        self.inputs.append(inputs)
+        self.targets.append(target)
+        if len(self.inputs) >= self.batch_objects:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.inputs:
+            self.compute(self.inputs, self.targets)
+            self.inputs, self.targets = [], []
 
 
 @torch.inference_mode()
 def build_cell_bank(cells: Sequence[Cell], pointnet, max_objects: int = 28, seed: int = 0,
-                    batch_objects: int = 1024, progress: bool = True) -> CellBank:
-    """Compute the bank of ``cells`` with a frozen ``pointnet`` (``features(xyz, rgb)`` -> [M, F])."""
+                    batch_objects: int = 512, progress: bool = True) -> CellBank:
+    """Compute the bank of ``cells`` with a frozen PointNet2.
+
+    Instance objects (buildings, poles, ...) are stored whole in every cell that
+    holds them, so their three set-abstraction stages, which only see offsets
+    between points, run once per object on scene coordinates (cell units) and
+    only the global stage runs per cell, on centres shifted into that cell.
+    Stuff objects are cropped per cell and run whole. Points are sampled with
+    seeds derived from the object (instances) or the cell (stuff).
+    """
     from tqdm import tqdm
 
-    pointnet.eval()
-    device = next(pointnet.parameters()).device
+    from ..data.constants import INSTANCE_CLASSES
+    from ..networks.pointnet import fold_batchnorm
+
+    net = fold_batchnorm(pointnet)
+    device = next(net.parameters()).device
     c = len(cells)
-    width = getattr(pointnet, "feature_dim", 256)
-    feats = torch.zeros(c, max_objects, width)
+    feats = torch.zeros(c, max_objects, getattr(net, "feature_dim", 256))
     colors = torch.zeros(c, max_objects, 3)
     centers = torch.zeros(c, max_objects, 3)
     counts = torch.zeros(c, max_objects, dtype=torch.long)
     mask = torch.zeros(c, max_objects, dtype=torch.bool)
-    pending_xyz, pending_rgb, pending_slots = [], [], []
+    local = {}  # instance key -> (features [M, 256], centres [M, 3]) in scene cell units
 
-    def flush():
-        if not pending_xyz:
-            return
-        xyz = torch.from_numpy(np.concatenate(pending_xyz)).to(device)
-        rgb = torch.from_numpy(np.concatenate(pending_rgb)).to(device)
-        out = pointnet.features(xyz, rgb).float().cpu()
-        rows = torch.tensor([r for r, _ in pending_slots])
-        slots = torch.tensor([s for _, s in pending_slots])
-        feats[rows, slots] = out
-        pending_xyz.clear(), pending_rgb.clear(), pending_slots.clear()
+    def run_local(inputs, keys):
+        xyz = torch.from_numpy(np.stack([x for x, _ in inputs])).to(device)
+        rgb = torch.from_numpy(np.stack([r for _, r in inputs])).to(device)
+        x, pos = net.local_features(xyz, rgb)
+        for k, key in enumerate(keys):
+            local[key] = (x[k].cpu(), pos[k].cpu())
 
+    def run_whole(inputs, slots):
+        xyz = torch.from_numpy(np.stack([x for x, _ in inputs])).to(device)
+        rgb = torch.from_numpy(np.stack([r for _, r in inputs])).to(device)
+        out = net.features(xyz, rgb).float().cpu()
+        for k, (i, j) in enumerate(slots):
+            feats[i, j] = out[k]
+
+    def run_global(inputs, slots):
+        x = torch.stack([x for x, _ in inputs]).to(device)
+        pos = torch.stack([p for _, p in inputs]).to(device)
+        out = net.global_features(x, pos).float().cpu()
+        for k, (i, j) in enumerate(slots):
+            feats[i, j] = out[k]
+
+    # pass 1: per-object inputs; stuff runs whole; each distinct instance runs its local stages once
+    instances, whole = _FeatureQueue(run_local, batch_objects), _FeatureQueue(run_whole, batch_objects)
+    shared = []  # (cell row, slot, instance key, cell origin in cell units)
+    queued = set()
     for i, cell in enumerate(tqdm(cells, desc="cell features", unit="cell", disable=not progress)):
-        xyz, rgb, col, cen, cnt = cell_inputs(cell, max_objects, seed)
-        k = len(cnt)
-        colors[i, :k], centers[i, :k] = torch.from_numpy(col), torch.from_numpy(cen)
-        counts[i, :k], mask[i, :k] = torch.from_numpy(cnt), True
-        pending_xyz.append(xyz), pending_rgb.append(rgb)
-        pending_slots.extend((i, s) for s in range(k))
-        if len(pending_slots) >= batch_objects:
-            flush()
-    flush()
+        objs = cell.objects[:max_objects]
+        rng = np.random.default_rng(cell_seed(cell.id, seed))
+        origin = cell.bbox_w[:3] / cell.cell_size
+        for j, obj in enumerate(objs):
+            colors[i, j] = torch.from_numpy(obj.rgb.mean(0).astype(np.float32))
+            centers[i, j] = torch.from_numpy(obj.xyz.mean(0).astype(np.float32))
+            counts[i, j], mask[i, j] = len(obj.xyz), True
+            if obj.label in INSTANCE_CLASSES:
+                key = (cell.scene, int(obj.instance_id), obj.label, len(obj.xyz))
+                shared.append((i, j, key, origin))
+                if key not in queued:
+                    queued.add(key)
+                    xyz, rgb = (t[0].numpy() for t in objects_to_batch([obj], rng=_object_seed(key, seed)))
+                    instances.add(((xyz + origin).astype(np.float32), rgb), key)
+            else:
+                xyz, rgb = (t[0].numpy() for t in objects_to_batch([obj], rng=rng))
+                whole.add((xyz, rgb), (i, j))
+    instances.flush()
+    whole.flush()
+    # pass 2: the global stage of every instance slot, on centres moved into its cell
+    per_cell = _FeatureQueue(run_global, 4 * batch_objects)
+    for i, j, key, origin in shared:
+        x, pos = local[key]
+        per_cell.add((x, pos - torch.from_numpy(origin.astype(np.float32))), (i, j))
+    per_cell.flush()
     return CellBank([c.id for c in cells], feats, colors, centers, counts, mask)

@@ -47,7 +47,7 @@ def load_banks(root: Path, pointnet_stem: str, cells_by_split: Dict[str, Sequenc
     pointnet, info = load_pointnet(pointnet_stem)
     banks = {}
     for split, cells in cells_by_split.items():
-        path = root / f"cells-{split}-{info['digest']}-{max_objects}-{seed}.safetensors"
+        path = root / f"cellbank2-{split}-{info['digest']}-{max_objects}-{seed}.safetensors"
         bank = CellBank.load(path) if path.exists() else None
         if bank is None or bank.ids != [c.id for c in cells]:
             bank = build_cell_bank(cells, pointnet, max_objects, seed, progress=progress)
