@@ -71,12 +71,16 @@ def test_eval_reports_recall_on_a_split_and_on_a_queries_file(trained, tiny_data
     assert report["num_queries"] == 3
 
 
-def test_eval_cli_json_shape(trained, tiny_dataset, capsys):
+def test_eval_cli_json_shape_and_recall_plot(trained, tiny_dataset, capsys, tmp_path):
     cfg, _ = trained
+    plot = tmp_path / "recall.png"
     assert main(["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", cfg.out,
-                 "--cache", cfg.cache, "--json"]) == 0
+                 "--cache", cfg.cache, "--json", "--plot", str(plot)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"split", "num_queries", "retrieval_recall"} <= set(report)
+    curve = [report["retrieval_recall_curve"][str(k)] for k in range(1, 11)]
+    assert curve == sorted(curve) and curve[0] == report["retrieval_recall"]["1"]
+    assert plot.stat().st_size > 5000
 
 
 def test_loading_weights_of_another_shape_names_the_tensor(trained):

@@ -10,7 +10,9 @@ def add_eval_command(commands) -> None:
                                         "cell among all cells of the split.")
     p.add_argument("--data", required=True, metavar="DIR", help="KITTI360Pose folder")
     p.add_argument("--split", choices=("val", "test"), default="test")
-    p.add_argument("--weights", default="models", metavar="DIR", help="folder with pointnet.* and coarse.*")
+    p.add_argument("--weights", default=["models"], nargs="+", metavar="DIR",
+                   help="folder(s) with pointnet.* and coarse.*; several give one report each (a JSON list)")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="draw recall@k against k for each --weights")
     p.add_argument("--queries", default=None, metavar="FILE.jsonl",
                    help='queries {"text", "scene", "pose_w"} to evaluate against the split\'s gallery')
     p.add_argument("--cache", default=None, metavar="DIR")
@@ -23,7 +25,17 @@ def add_eval_command(commands) -> None:
 def _run_eval(args) -> int:
     from ..evaluation.evaluate import evaluate, format_report
 
-    report = evaluate(args.data, args.split, args.weights, args.queries, cache=args.cache, device=args.device,
-                      progress=not (args.quiet or args.json))
-    print(json.dumps(report) if args.json else format_report(report))
+    reports = [evaluate(args.data, args.split, w, args.queries, cache=args.cache, device=args.device,
+                        progress=not (args.quiet or args.json)) for w in args.weights]
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports))
+    else:
+        print("\n".join(f"{w}\n{format_report(r)}" if len(reports) > 1 else format_report(r)
+                        for w, r in zip(args.weights, reports)))
+    if args.plot:
+        from ..evaluation.plots import plot_recall_curves
+
+        path = plot_recall_curves(reports, args.weights, args.plot)
+        if not args.json:
+            print(f"recall curves: {path}")
     return 0

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import SpatialocError
 
 RETRIEVAL_KS = (1, 3, 5)
+CURVE_KS = tuple(range(1, 11))  # recall@k for the plot
 
 
 @dataclass
@@ -89,13 +90,14 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
                               device=dev, progress=progress)
     gallery = encode_gallery(stage.model, stage.bank, device=dev, progress=progress)
     encoded = encode_queries(stage.model, stage.text, [q.hints for q in queries], device=dev, progress=progress)
-    top = rank_cells(encoded, gallery, stage.score_terms, k=max(RETRIEVAL_KS))
+    top = rank_cells(encoded, gallery, stage.score_terms, k=max(CURVE_KS))
     unknown = [g for g in gt if g not in set(stage.bank.ids)]
     if unknown:
         raise SpatialocError(f"ground-truth cell {unknown[0]} is not in the {split} gallery")
     gt_rows = stage.bank.rows(gt)
     return {"split": split, "num_queries": len(queries), "gallery_cells": len(stage.bank),
             "retrieval_recall": retrieval_metrics(top, gt_rows, RETRIEVAL_KS),
+            "retrieval_recall_curve": retrieval_metrics(top, gt_rows, CURVE_KS),
             "weights": str(weights), "score_terms": list(stage.score_terms)}
 
 
