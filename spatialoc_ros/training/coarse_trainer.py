@@ -135,22 +135,25 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
     train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     train_hints = [pose_hints(p) for p in train.poses]
     val_hints = [pose_hints(p) for p in val.poses]
-    root = cache_dir(cfg.data, cfg.cache)
-    banks, pointnet_info = load_banks(root, cfg.pointnet, {"train": train.cells, "val": val.cells},
-                                      cfg.model.max_objects, cfg.seed, progress)
-    cache = load_text_cache(root, cfg.text_encoder,
-                            _sentences_with_flips(train_hints) + sorted({s for h in val_hints for s in h}))
-    cfg.model.token_dim = cache.hidden_size
-    _copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for `spatialoc eval`
-    train_rows = banks["train"].rows([p.cell_id for p in train.poses]).numpy()
-    val_gt = banks["val"].rows([p.cell_id for p in val.poses])
-    sizes = banks["train"].mask.sum(1).numpy()[train_rows]
     train_ids = np.arange(len(train.poses))
     if cfg.max_train_queries:
         train_ids = np.sort(rng.choice(train_ids, min(cfg.max_train_queries, len(train_ids)), replace=False))
     val_ids = np.arange(len(val.poses))
     if cfg.max_val_queries:
         val_ids = np.sort(rng.choice(val_ids, min(cfg.max_val_queries, len(val_ids)), replace=False))
+    used = {train.poses[i].cell_id for i in train_ids}  # a query subset needs only its cells
+    root = cache_dir(cfg.data, cfg.cache)
+    banks, pointnet_info = load_banks(root, cfg.pointnet,
+                                      {"train": [c for c in train.cells if c.id in used], "val": val.cells},
+                                      cfg.model.max_objects, cfg.seed, progress)
+    cache = load_text_cache(root, cfg.text_encoder,
+                            _sentences_with_flips(train_hints) + sorted({s for h in val_hints for s in h}))
+    cfg.model.token_dim = cache.hidden_size
+    _copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for `spatialoc eval`
+    train_rows = np.zeros(len(train.poses), dtype=np.int64)
+    train_rows[train_ids] = banks["train"].rows([train.poses[i].cell_id for i in train_ids]).numpy()
+    val_gt = banks["val"].rows([p.cell_id for p in val.poses])
+    sizes = banks["train"].mask.sum(1).numpy()[train_rows]
 
     model = CoarseModel(cfg.model)
     # the point-count stream is standardised with the training objects' own statistics

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import zlib
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
@@ -47,7 +48,8 @@ def load_banks(root: Path, pointnet_stem: str, cells_by_split: Dict[str, Sequenc
     pointnet, info = load_pointnet(pointnet_stem)
     banks = {}
     for split, cells in cells_by_split.items():
-        path = root / f"cellbank2-{split}-{info['digest']}-{max_objects}-{seed}.safetensors"
+        ids = zlib.crc32("\n".join(c.id for c in cells).encode())
+        path = root / f"cellbank2-{split}-{info['digest']}-{max_objects}-{seed}-{ids:08x}.safetensors"
         bank = CellBank.load(path) if path.exists() else None
         if bank is None or bank.ids != [c.id for c in cells]:
             bank = build_cell_bank(cells, pointnet, max_objects, seed, progress=progress)
