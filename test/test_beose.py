@@ -2,7 +2,6 @@
 
 Modules: spatialoc_ros.networks.beose and spatialoc_ros.networks.text_graph.
 """
-import time
 
 import pytest
 import torch
@@ -407,34 +406,3 @@ def test_text_graph_full_size_shapes():
     assert obj.shape == rel.shape == (4, 12, 256)
     check_outputs(obj, mask)
     check_outputs(rel, mask)
-
-
-# ---------------------------------------------------------------- speed (printed, not asserted)
-
-
-def test_training_step_timing_cpu():
-    """Forward + backward at the coarse training size: B 64, N 28, D 256 (objects), Q 6 (hints)."""
-    torch.manual_seed(0)
-    enc = ObjectRelationEncoder(256).train()
-    graph = TextSceneGraph(256).train()
-    x, c = torch.randn(64, 28, 256), torch.rand(64, 28, 3)
-    mask = lengths_mask(torch.randint(3, 29, (64,)).tolist(), 28)
-    hints, hint_mask = torch.randn(64, 6, 256), torch.ones(64, 6, dtype=torch.bool)
-
-    def step_objects():
-        obj, rel = enc(x, c, mask)
-        (obj.sum() + rel.sum()).backward()
-
-    def step_text():
-        obj, rel = graph(hints, hint_mask)
-        (obj.sum() + rel.sum()).backward()
-
-    for name, step in (("objects (BEOSE + GA)", step_objects), ("text graph + GA", step_text)):
-        step()  # warm-up
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        print(f"\n{name}: forward+backward B=64 D=256: {min(times) * 1e3:.0f} ms "
-              f"(best of 2, {torch.get_num_threads()} threads)")

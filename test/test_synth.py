@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from spatialoc_ros.data import constants as C
-from spatialoc_ros.data.kitti360pose import available_scenes, load_scene, load_split
+from spatialoc_ros.data.kitti360pose import available_scenes, load_split
 from spatialoc_ros.data.synth import build_scene
 
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .masking import check_padding_mask, l2_normalize
+
 GA_MODES = ("gaussian", "maxpool")
 GA_COMPONENTS = 3  # Gaussian components of the latent Z, averaged into one score (§4.2)
 
@@ -51,19 +53,6 @@ def pair_affine(weight: torch.Tensor, bias: Optional[torch.Tensor], nodes: torch
 def pair_mask(mask: torch.Tensor) -> torch.Tensor:
     """Edge mask: mask [B, N] bool -> [B, N, N] bool, True where both m and n are valid."""
     return mask.unsqueeze(2) & mask.unsqueeze(1)
-
-
-def masked_l2_normalize(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L2-normalise x [B, N, D] along D; rows where mask [B, N] is False become 0."""
-    return F.normalize(x, dim=-1).masked_fill(~mask.unsqueeze(-1), 0.0)
-
-
-def check_trailing_padding(mask: torch.Tensor) -> None:
-    """Raise ValueError unless every row of mask [B, N] is valid slots first, then padding."""
-    if mask.dim() != 2 or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a [B, N] bool tensor, got {tuple(mask.shape)} {mask.dtype}")
-    if mask.shape[1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
-        raise ValueError("mask must put the valid slots of each row first (padding at the end)")
 
 
 class GaussianAggregation(nn.Module):
@@ -207,7 +196,7 @@ class BEOSE(nn.Module):
         Edge (m, n) only ever reads x_m, x_n and its own r_mn, so padded pairs
         cannot reach valid ones and are zeroed once, at the end.
         """
-        check_trailing_padding(mask)
+        check_padding_mask(mask, mask.shape[1], require_valid=False)
         pad_nodes = ~mask.unsqueeze(-1)                                       # [B, N, 1]
         pad_edges = ~pair_mask(mask).unsqueeze(-1)                            # [B, N, N, 1]
         if self.ablate:
@@ -244,4 +233,4 @@ class ObjectRelationEncoder(nn.Module):
     def forward(self, x: torch.Tensor, centroids: torch.Tensor,
                 mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         nodes, edges = self.beose(x, centroids, mask)
-        return masked_l2_normalize(nodes, mask), masked_l2_normalize(self.ga(edges, mask), mask)
+        return l2_normalize(nodes, mask), l2_normalize(self.ga(edges, mask), mask)

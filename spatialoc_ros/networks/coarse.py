@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-import torch
 from torch import nn
 
 from .beose import ObjectRelationEncoder

@@ -35,29 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["FAE", "check_padding_mask", "high_index_filter", "masked_max"]
+from .masking import check_padding_mask, masked_max
 
-
-def check_padding_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
-    """Validate mask [B, n] (bool, True = valid, valid entries first, >= 1 per row).
-
-    Returns the valid counts [B]. Padding at the end is what the packed GRU
-    and the causal Mamba need to be padding-free.
-    """
-    if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != n:
-        raise ValueError(f"mask must be bool [B, {n}], got {mask.dtype} {tuple(mask.shape)}")
-    lengths = mask.sum(1)
-    if not bool((lengths > 0).all()):
-        raise ValueError("every row of the mask needs at least one valid entry")
-    prefix = torch.arange(n, device=mask.device) < lengths.unsqueeze(1)
-    if not bool((prefix == mask).all()):
-        raise ValueError("valid entries must come first in each row (padding at the end)")
-    return lengths
-
-
-def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Max over the slot axis of x [B, N, D] over the valid slots of mask [B, N] -> [B, D]."""
-    return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+__all__ = ["FAE", "high_index_filter"]
 
 
 def high_index_filter(u: torch.Tensor) -> torch.Tensor:

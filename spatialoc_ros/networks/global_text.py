@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fae import check_padding_mask, masked_max
+from .masking import check_padding_mask, masked_max
 from .mamba import make_mamba2
 
 __all__ = ["GlobalTextEncoder"]

@@ -9,6 +9,23 @@ import torch
 from torch import nn
 
 
+def check_padding_mask(mask: torch.Tensor, n: int, require_valid: bool = True) -> torch.Tensor:
+    """Validate mask [B, n] (bool, True = valid, valid entries first) -> valid counts [B].
+
+    Padding at the end is what packed recurrent layers and causal scans need to be
+    padding-free. With ``require_valid`` every row must hold at least one valid entry.
+    """
+    if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != n:
+        raise ValueError(f"mask must be bool [B, {n}], got {mask.dtype} {tuple(mask.shape)}")
+    lengths = mask.sum(1)
+    if require_valid and not bool((lengths > 0).all()):
+        raise ValueError("every row of the mask needs at least one valid entry")
+    prefix = torch.arange(n, device=mask.device) < lengths.unsqueeze(1)
+    if not bool((prefix == mask).all()):
+        raise ValueError("valid entries must come first in each row (padding at the end)")
+    return lengths
+
+
 def apply_valid(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``layer`` on the valid rows of x [B, N, Din] (mask [B, N] bool) -> [B, N, Dout], zeros at padding."""
     out = layer(x[mask])

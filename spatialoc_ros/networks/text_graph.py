@@ -17,7 +17,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .beose import GaussianAggregation, masked_l2_normalize, pair_affine, pair_mask
+from .beose import GaussianAggregation, pair_affine, pair_mask
+from .masking import l2_normalize
 
 
 class TextSceneGraph(nn.Module):
@@ -60,4 +61,4 @@ class TextSceneGraph(nn.Module):
             r = torch.tanh(pair_affine(self.gr.weight, self.gr.bias, t, r))
             r = r.masked_fill(pad_edges, 0.0)
             t = t_new
-        return masked_l2_normalize(t, mask), masked_l2_normalize(self.ga(r, mask), mask)
+        return l2_normalize(t, mask), l2_normalize(self.ga(r, mask), mask)

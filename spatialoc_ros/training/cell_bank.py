@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Sequence
 
 import numpy as np

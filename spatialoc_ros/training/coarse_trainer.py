@@ -237,15 +237,4 @@ def _checkpoint_config(cfg: CoarseTrainConfig, record: dict, pointnet_info: dict
     train.pop("model")
     return {"kind": "coarse", "architecture": cfg.model.to_dict(), "text_encoder": cfg.text_encoder,
             "pointnet": pointnet_info, "score_terms": cfg.score_terms, "training": train,
-            "metrics": {"val_recall": record["val_recall"], "epoch": record["epoch"]},
-            "commit": _git_commit()}
-
-
-def _git_commit() -> Optional[str]:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+            "metrics": {"val_recall": record["val_recall"], "epoch": record["epoch"]}}
