@@ -86,14 +86,15 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
     else:
         queries = [Query([h.text for h in p.hints], p.scene, p.pose_w, p.cell_id) for p in data_split.poses]
     gt = best_cell_ids(queries, data_split.cells)
+    gallery_ids = {c.id for c in data_split.cells}
+    unknown = [g for g in gt if g not in gallery_ids]  # checked before any encoding is paid for
+    if unknown:
+        raise SpatialocError(f"ground-truth cell {unknown[0]} is not in the {split} gallery")
     stage = load_coarse_stage(weights, data, split, data_split.cells, [q.hints for q in queries], cache=cache,
                               device=dev, progress=progress)
     gallery = encode_gallery(stage.model, stage.bank, device=dev, progress=progress)
     encoded = encode_queries(stage.model, stage.text, [q.hints for q in queries], device=dev, progress=progress)
     top = rank_cells(encoded, gallery, stage.score_terms, k=max(CURVE_KS))
-    unknown = [g for g in gt if g not in set(stage.bank.ids)]
-    if unknown:
-        raise SpatialocError(f"ground-truth cell {unknown[0]} is not in the {split} gallery")
     gt_rows = stage.bank.rows(gt)
     return {"split": split, "num_queries": len(queries), "gallery_cells": len(stage.bank),
             "retrieval_recall": retrieval_metrics(top, gt_rows, RETRIEVAL_KS),

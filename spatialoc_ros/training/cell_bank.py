@@ -24,8 +24,13 @@ from ..errors import DataError
 from .objects import objects_to_batch
 
 
+def _derived_seed(name: str, seed: int) -> int:
+    """A sampling seed for one named thing (a cell, an object) under the run's seed."""
+    return zlib.crc32(name.encode()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF)
+
+
 def cell_seed(cell_id: str, seed: int) -> int:
-    return zlib.crc32(cell_id.encode()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF)
+    return _derived_seed(cell_id, seed)
 
 
 @dataclass
@@ -81,7 +86,7 @@ class CellBank:
 
 
 def _object_seed(key, seed: int) -> int:
-    return zlib.crc32(repr(key).encode()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF)
+    return _derived_seed(repr(key), seed)
 
 
 class _FeatureQueue:
