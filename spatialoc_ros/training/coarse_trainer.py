@@ -141,10 +141,9 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
     val_ids = np.arange(len(val.poses))
     if cfg.max_val_queries:
         val_ids = np.sort(rng.choice(val_ids, min(cfg.max_val_queries, len(val_ids)), replace=False))
-    used = {train.poses[i].cell_id for i in train_ids}  # a query subset needs only its cells
     root = cache_dir(cfg.data, cfg.cache)
-    banks, pointnet_info = load_banks(root, cfg.pointnet,
-                                      {"train": [c for c in train.cells if c.id in used], "val": val.cells},
+    # the bank always holds every training cell, so runs on different query subsets share one cache
+    banks, pointnet_info = load_banks(root, cfg.pointnet, {"train": train.cells, "val": val.cells},
                                       cfg.model.max_objects, cfg.seed, progress)
     cache = load_text_cache(root, cfg.text_encoder,
                             _sentences_with_flips(train_hints) + sorted({s for h in val_hints for s in h}))
