@@ -7,7 +7,7 @@ import torch
 
 from ..networks.outputs import CoarseOutputs
 from ..training.text_batches import text_batch
-from .retrieval import fused_scores, retrieval_recall, top_k
+from .retrieval import GalleryScorer, retrieval_recall, top_k
 
 _CELL_FIELDS = ("p_glo", "p_obj", "p_rel", "p_mask")
 _TEXT_FIELDS = ("q_glo", "t_obj", "t_rel", "t_mask")
@@ -69,17 +69,9 @@ def encode_queries(model, cache, hints: Sequence[Sequence[str]], batch_size: int
     return _collect(chunks, _TEXT_FIELDS)
 
 
-def rank_cells(queries: CoarseOutputs, gallery: CoarseOutputs, scores: Sequence[str], k: int = 10,
-               chunk: int = 256) -> torch.Tensor:
+def rank_cells(queries: CoarseOutputs, gallery: CoarseOutputs, scores: Sequence[str], k: int = 10) -> torch.Tensor:
     """Gallery rows [B, k] of the best cells per query, best first (fused scores, spec §7.6)."""
-    out = []
-    b = queries.t_mask.shape[0]
-    for start in range(0, b, chunk):
-        sl = slice(start, start + chunk)
-        q = CoarseOutputs(**{name: None if getattr(queries, name) is None else getattr(queries, name)[sl]
-                             for name in _TEXT_FIELDS})
-        out.append(top_k(fused_scores(q, gallery, use=scores), k))
-    return torch.cat(out)
+    return top_k(GalleryScorer(gallery, scores)(queries), k)
 
 
 def retrieval_metrics(topk_rows: torch.Tensor, gt_rows: torch.Tensor, ks=(1, 3, 5)) -> Dict[str, float]:

@@ -76,7 +76,7 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
     """The evaluation report (the JSON of ``spatialoc eval --json``)."""
     from ..data.kitti360pose import load_split
     from ..training.coarse_trainer import pick_device
-    from .coarse_eval import encode_gallery, encode_queries, rank_cells, retrieval_metrics
+    from .coarse_eval import encode_queries, rank_cells, retrieval_metrics
     from .loading import load_coarse_stage
 
     dev = pick_device(device)
@@ -92,11 +92,10 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
         raise SpatialocError(f"ground-truth cell {unknown[0]} is not in the {split} gallery")
     stage = load_coarse_stage(weights, data, split, data_split.cells, [q.hints for q in queries], cache=cache,
                               device=dev, progress=progress)
-    gallery = encode_gallery(stage.model, stage.bank, device=dev, progress=progress)
     encoded = encode_queries(stage.model, stage.text, [q.hints for q in queries], device=dev, progress=progress)
-    top = rank_cells(encoded, gallery, stage.score_terms, k=max(CURVE_KS))
-    gt_rows = stage.bank.rows(gt)
-    return {"split": split, "num_queries": len(queries), "gallery_cells": len(stage.bank),
+    top = rank_cells(encoded, stage.gallery.descriptors, stage.score_terms, k=max(CURVE_KS))
+    gt_rows = stage.gallery.rows(gt)
+    return {"split": split, "num_queries": len(queries), "gallery_cells": len(stage.gallery),
             "retrieval_recall": retrieval_metrics(top, gt_rows, RETRIEVAL_KS),
             "retrieval_recall_curve": retrieval_metrics(top, gt_rows, CURVE_KS),
             "weights": str(weights), "score_terms": list(stage.score_terms)}

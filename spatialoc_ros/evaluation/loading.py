@@ -15,14 +15,20 @@ class CoarseStage:
     text: object  # TextCache
     score_terms: List[str]
     config: dict
+    gallery: object  # Gallery: the coarse descriptors of every bank cell (cached on disk)
 
 
 def load_coarse_stage(weights: str, data: str, split: str, cells: Sequence, hint_lists: Sequence[Sequence[str]],
                       cache: Optional[str] = None, device="cpu", progress: bool = True) -> CoarseStage:
-    """The coarse model of ``weights/coarse``, the gallery bank of ``cells`` and a text cache."""
+    """The coarse model of ``weights/coarse``, the bank and encoded gallery of ``cells``, and a text cache.
+
+    The cell bank and the gallery descriptors are cached under ``cache`` (default
+    ``DATA/.spatialoc_cache``) and reused while the map and the weights stay the same.
+    """
+    from ..gallery import load_or_encode_gallery
     from ..networks.checkpoint import load_checkpoint
     from ..networks.coarse import CoarseConfig, CoarseModel
-    from ..training.frozen_inputs import cache_dir, load_banks, load_text_cache
+    from ..training.frozen_inputs import bank_key, cache_dir, load_banks, load_text_cache
 
     stem = Path(weights) / "coarse"
     if not Path(f"{stem}.safetensors").exists():
@@ -38,4 +44,7 @@ def load_coarse_stage(weights: str, data: str, split: str, cells: Sequence, hint
         raise SpatialocError(f"{weights}/pointnet.safetensors is not the PointNet++ the coarse model was "
                              f"trained with (digest {pointnet['digest']}, expected {trained_with})")
     text = load_text_cache(root, config["text_encoder"], sorted({s for h in hint_lists for s in h}))
-    return CoarseStage(model, banks[split], text, list(config["score_terms"]), config)
+    key = bank_key(split, pointnet["digest"], model.cfg.max_objects, seed, cells)
+    gallery = load_or_encode_gallery(model, banks[split], root, f"{stem}.safetensors", key, device=device,
+                                     progress=progress)
+    return CoarseStage(model, banks[split], text, list(config["score_terms"]), config, gallery)

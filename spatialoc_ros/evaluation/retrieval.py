@@ -11,16 +11,24 @@ where z standardises a score over the whole gallery for each query
 (population std; a constant row standardises to 0). ``use`` selects the
 scores to fuse: the "SpatiaLoc (Global)" variant uses s1 alone, whose z-score
 ranks exactly as s1 does. Because z depends on the whole gallery, pass all
-cells at once (the set similarity is chunked internally).
+cells at once.
+
+:class:`GalleryScorer` holds a gallery in the layout that scoring wants: the
+transposed global descriptors, and the object / relation features flattened to
+one [D, C·N] matrix with padded slots at zero plus an additive mask (0 valid,
+-inf padding). A query's set similarity is then one matrix product
+[Q, D] × [D, C·N], a max over each cell's slots and a mean over the valid
+hints: the same numbers as the training losses' ``set_similarity``.
 """
 from typing import Dict, Sequence
 
 import torch
 
 from ..networks.outputs import CoarseOutputs
-from ..training.losses import set_similarity
 
-__all__ = ["SCORES", "fused_scores", "retrieval_recall", "top_k", "zscore"]
+_ENTRIES_PER_CHUNK = 1 << 24  # similarity entries per block of queries (64 MiB in float32)
+
+__all__ = ["SCORES", "GalleryScorer", "fused_scores", "retrieval_recall", "top_k", "zscore"]
 
 SCORES = ("global", "object", "relation")
 
@@ -38,25 +46,62 @@ def fused_scores(query: CoarseOutputs, gallery: CoarseOutputs,
 
     query needs q_glo [B, D] and/or t_obj, t_rel [B, Q, D] with t_mask [B, Q];
     gallery needs p_glo [C, D] and/or p_obj, p_rel [C, N, D] with p_mask [C, N],
-    as ``use`` requires.
+    as ``use`` requires. To score many queries against one gallery, build a
+    :class:`GalleryScorer` once.
     """
-    unknown = set(use) - set(SCORES)
-    if unknown or not use:
-        raise ValueError(f"use must be a non-empty subset of {SCORES}, got {tuple(use)}")
-    total = 0
-    if "global" in use:
-        query.require("q_glo")
-        gallery.require("p_glo")
-        total = total + zscore(query.q_glo @ gallery.p_glo.t())
-    for name, t_field, p_field in (("object", "t_obj", "p_obj"),
-                                   ("relation", "t_rel", "p_rel")):
-        if name in use:
-            query.require(t_field, "t_mask")
-            gallery.require(p_field, "p_mask")
-            s = set_similarity(getattr(query, t_field), query.t_mask,
-                               getattr(gallery, p_field), gallery.p_mask)
-            total = total + zscore(s)
-    return total
+    return GalleryScorer(gallery, use)(query)
+
+
+class GalleryScorer:
+    """Fused retrieval scores of queries against one gallery, with the gallery side precomputed."""
+
+    def __init__(self, gallery: CoarseOutputs, use: Sequence[str] = SCORES):
+        unknown = set(use) - set(SCORES)
+        if unknown or not use:
+            raise ValueError(f"use must be a non-empty subset of {SCORES}, got {tuple(use)}")
+        self.use = tuple(use)
+        self.glo_t = None
+        self.sets = {}
+        if "global" in use:
+            gallery.require("p_glo")
+            self.glo_t = gallery.p_glo.t().contiguous()                           # [D, C]
+        for name, field in (("object", "p_obj"), ("relation", "p_rel")):
+            if name in use:
+                gallery.require(field, "p_mask")
+                p, mask = getattr(gallery, field), gallery.p_mask
+                if not bool(mask.any(1).all()):
+                    raise ValueError("every gallery cell needs a valid object")
+                flat = p.masked_fill(~mask.unsqueeze(-1), 0.0).reshape(-1, p.shape[-1]).t().contiguous()
+                neg = torch.zeros(mask.shape, dtype=p.dtype).masked_fill(~mask, float("-inf"))
+                self.sets[name] = (flat, neg)                                    # [D, C*N], [C, N]
+        self.cells = (gallery.p_glo if gallery.p_glo is not None else gallery.p_mask).shape[0]
+
+    def __call__(self, query: CoarseOutputs) -> torch.Tensor:
+        """Fused scores [B, C] (higher = better), equal to ``fused_scores(query, gallery, use)``."""
+        b = (query.q_glo if query.q_glo is not None else query.t_mask).shape[0]
+        slots = max((neg.shape[1] for _, neg in self.sets.values()), default=1)
+        hints = query.t_mask.shape[1] if query.t_mask is not None else 1
+        per = max(1, _ENTRIES_PER_CHUNK // max(1, self.cells * slots * hints))
+        return torch.cat([self._score(query, slice(s, s + per)) for s in range(0, b, per)])
+
+    def _score(self, query: CoarseOutputs, sl: slice) -> torch.Tensor:
+        total = 0
+        if self.glo_t is not None:
+            query.require("q_glo")
+            total = total + zscore(query.q_glo[sl] @ self.glo_t)
+        for name, field in (("object", "t_obj"), ("relation", "t_rel")):
+            if name not in self.sets:
+                continue
+            query.require(field, "t_mask")
+            t, tmask = getattr(query, field)[sl], query.t_mask[sl]
+            if not bool(tmask.any(1).all()):
+                raise ValueError("every query needs a valid hint")
+            flat, neg = self.sets[name]
+            b, q, _ = t.shape
+            sim = (t.reshape(b * q, -1) @ flat).view(b, q, *neg.shape) + neg     # [b, Q, C, N]
+            best = sim.amax(-1).masked_fill(~tmask.unsqueeze(-1), 0.0)           # [b, Q, C]
+            total = total + zscore(best.sum(1) / tmask.sum(1, keepdim=True))
+        return total
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -42,14 +42,19 @@ def cache_dir(data, cache=None) -> Path:
     return path
 
 
+def bank_key(split: str, pointnet_digest: str, max_objects: int, seed: int, cells: Sequence) -> str:
+    """The name of a cell bank's cache file (without suffix): everything its contents depend on."""
+    ids = zlib.crc32("\n".join(c.id for c in cells).encode())
+    return f"cellbank2-{split}-{pointnet_digest}-{max_objects}-{seed}-{ids:08x}"
+
+
 def load_banks(root: Path, pointnet_stem: str, cells_by_split: Dict[str, Sequence], max_objects: int,
                seed: int, progress: bool = True) -> Tuple[Dict[str, CellBank], dict]:
     """A cell bank per split (cached under ``root``) and a description of the PointNet++ used."""
     pointnet, info = load_pointnet(pointnet_stem)
     banks = {}
     for split, cells in cells_by_split.items():
-        ids = zlib.crc32("\n".join(c.id for c in cells).encode())
-        path = root / f"cellbank2-{split}-{info['digest']}-{max_objects}-{seed}-{ids:08x}.safetensors"
+        path = root / f"{bank_key(split, info['digest'], max_objects, seed, cells)}.safetensors"
         bank = CellBank.load(path) if path.exists() else None
         if bank is None or bank.ids != [c.id for c in cells]:
             bank = build_cell_bank(cells, pointnet, max_objects, seed, progress=progress)
