@@ -119,3 +119,21 @@ def test_optimizer_state_round_trip(tmp_path):
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     message = one_line_error(lambda: load_optimizer(sgd, tmp_path / "opt"))
     assert "Adam" in message and "SGD" in message
+
+
+def test_float16_storage_keeps_buffers_and_loads_into_float32(tmp_path):
+    model = small_model(width=64)
+    with torch.no_grad():
+        model[1].running_var.fill_(1e6)  # beyond float16's range: buffers must stay float32
+        model[1].running_mean.normal_()
+    save_checkpoint(model, tmp_path / "half", {"architecture": {}}, dtype=torch.float16)
+    save_checkpoint(model, tmp_path / "full", {"architecture": {}})
+    stored = load_file(str(tmp_path / "half.safetensors"))
+    assert stored["0.weight"].dtype == torch.float16 and stored["1.running_var"].dtype == torch.float32
+    assert load_config(tmp_path / "half")["stored_dtype"] == "float16"
+    half_size = (tmp_path / "half.safetensors").stat().st_size
+    assert half_size < 0.7 * (tmp_path / "full.safetensors").stat().st_size
+    loaded, _ = load_checkpoint(small_model(width=64), tmp_path / "half")
+    assert loaded[0].weight.dtype == torch.float32
+    torch.testing.assert_close(loaded[0].weight, model[0].weight, rtol=1e-3, atol=1e-4)
+    assert torch.equal(loaded[1].running_var, model[1].running_var)

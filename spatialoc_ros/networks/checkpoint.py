@@ -23,7 +23,7 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from safetensors import SafetensorError
@@ -137,12 +137,23 @@ def check_state(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor
     raise SpatialocError(f"{where}: does not match the model: " + "; ".join(parts))
 
 
-def save_checkpoint(model: nn.Module, path_stem: PathLike, config: Dict[str, Any]) -> Tuple[Path, Path]:
-    """Write ``model.state_dict()`` and ``config`` (+ date, git commit); returns both paths."""
+def save_checkpoint(model: nn.Module, path_stem: PathLike, config: Dict[str, Any],
+                    dtype: Optional[torch.dtype] = None) -> Tuple[Path, Path]:
+    """Write ``model.state_dict()`` and ``config`` (+ date, git commit); returns both paths.
+
+    ``dtype`` (e.g. ``torch.float16``) stores the floating-point *parameters* in that
+    type, to halve a shipped file; buffers (normalisation statistics, whose range
+    may exceed float16's) stay as they are. Loading casts back to the model's types.
+    """
     tensor_path, json_path = paths(path_stem)
     meta = {"format": FORMAT, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "git_commit": git_commit()}
-    _write_tensors(tensor_path, model.state_dict())
+    state = model.state_dict()
+    if dtype is not None:
+        params = {name for name, _ in model.named_parameters()}
+        state = {k: v.to(dtype) if k in params and v.is_floating_point() else v for k, v in state.items()}
+        meta["stored_dtype"] = str(dtype).replace("torch.", "")
+    _write_tensors(tensor_path, state)
     _write_json(json_path, {**meta, **config})
     return tensor_path, json_path
 

@@ -210,7 +210,8 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
             score = record["val_recall"][cfg.select]
             if score > state["best"]:
                 state["best"] = score
-                save_checkpoint(model, out / "coarse", _checkpoint_config(cfg, record, pointnet_info))
+                save_checkpoint(model, out / "coarse", _checkpoint_config(cfg, record, pointnet_info),
+                                dtype=torch.float16)  # shipped size; last.pt keeps float32
         state["epoch"] = epoch
         state["history"].append(record)
         if dist.main:
