@@ -1,0 +1,72 @@
+"""The published position covariance: the fine stage's precision and the coarse stage's doubt.
+
+Per hypothesis i (a candidate cell), the fine stage gives a position mu_i and a
+precision lambda_i in normalised cell units (spec §8.1). Its own variance per
+axis, in m², is
+
+    sigma_i² = scale · cell_size² / lambda_i                                   (1)
+
+with ``scale`` fitted on the validation split (:mod:`.evaluation.calibration`).
+Retrieval can still pick the wrong cell: then mu_1 is far from the truth however
+sharp lambda_1 is. So the covariance published with the best position mu_1 is
+the second moment, about mu_1, of the Gaussian mixture of all K hypotheses with
+weights w = softmax(beta · retrieval score):
+
+    Sigma = sum_i w_i (sigma_i² I + (mu_i - mu_1)(mu_i - mu_1)^T)               (2)
+
+One confident cell (w_1 near 1) leaves sigma_1² I; several cells with similar
+scores far apart (an ambiguous or meaningless description) widen the ellipse
+towards them. ``beta`` is fitted together with ``scale``. Both are plain
+numbers stored with the weights (``calibration.json``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Calibration", "hypothesis_variance", "mixture_covariance", "mixture_weights"]
+
+MIN_VARIANCE_M2 = 1e-4  # keeps every published matrix positive definite
+MAX_VARIANCE_M2 = 1e8  # and within the ROS bound of 1e9 with room for the off-diagonal terms
+
+
+@dataclass
+class Calibration:
+    """The two fitted numbers of the covariance model (defaults: uncalibrated)."""
+
+    scale: float = 1.0  # multiplies 1/lambda, eq. (1)
+    beta: float = 1.0  # sharpness of the mixture weights over retrieval scores, eq. (2)
+    fitted_on: str = ""  # what the fit used, e.g. "val: 2801 queries"
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "beta": self.beta, "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        return cls(float(d["scale"]), float(d["beta"]), str(d.get("fitted_on", "")))
+
+
+def hypothesis_variance(precision: torch.Tensor, cell_size: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per-axis variance in m² of each hypothesis, eq. (1); shapes broadcast, e.g. [B, K]."""
+    var = scale * cell_size ** 2 / precision
+    return var.clamp(MIN_VARIANCE_M2, MAX_VARIANCE_M2)
+
+
+def mixture_weights(scores: torch.Tensor, beta: float) -> torch.Tensor:
+    """w [B, K] = softmax(beta · scores) over the K hypotheses of each query."""
+    return torch.softmax(beta * scores, dim=-1)
+
+
+def mixture_covariance(positions: torch.Tensor, variances: torch.Tensor, weights: torch.Tensor,
+                       about: int = 0) -> torch.Tensor:
+    """Eq. (2): the [B, 2, 2] covariance about hypothesis ``about`` of each query.
+
+    positions [B, K, 2] in metres, variances [B, K] in m², weights [B, K] summing to 1.
+    """
+    d = positions - positions[:, about:about + 1]                                  # [B, K, 2]
+    spread = torch.einsum("bk,bki,bkj->bij", weights, d, d)
+    iso = (weights * variances).sum(-1)                                            # [B]
+    cov = spread + iso[:, None, None] * torch.eye(2, dtype=positions.dtype)
+    cov = 0.5 * (cov + cov.transpose(1, 2))
+    return cov.clamp(-MAX_VARIANCE_M2, MAX_VARIANCE_M2)
