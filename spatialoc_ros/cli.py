@@ -153,6 +153,8 @@ COMMANDS: List[Union[Registrar, str]] = [
     _add_data_command,
     ".commands.train:add_train_command",
     ".commands.evaluate:add_eval_command",
+    ".commands.localize:add_localize_command",
+    ".commands.bench:add_bench_command",
 ]
 
 

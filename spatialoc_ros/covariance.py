@@ -18,14 +18,21 @@ One confident cell (w_1 near 1) leaves sigma_1² I; several cells with similar
 scores far apart (an ambiguous or meaningless description) widen the ellipse
 towards them. ``beta`` is fitted together with ``scale``. Both are plain
 numbers stored with the weights (``calibration.json``).
+
+A description whose sentences name nothing of the map's vocabulary (no class,
+no colour) gives a ranking that means nothing: the weights are flattened by
+the share of sentences that do, ``beta · informative``, so such a query gets
+the spread of all its candidates, i.e. a visibly large ellipse.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-__all__ = ["Calibration", "hypothesis_variance", "mixture_covariance", "mixture_weights"]
+__all__ = ["Calibration", "hypothesis_variance", "mixture_covariance", "mixture_weights",
+           "published_covariance"]
 
 MIN_VARIANCE_M2 = 1e-4  # keeps every published matrix positive definite
 MAX_VARIANCE_M2 = 1e8  # and within the ROS bound of 1e9 with room for the off-diagonal terms
@@ -70,3 +77,17 @@ def mixture_covariance(positions: torch.Tensor, variances: torch.Tensor, weights
     cov = spread + iso[:, None, None] * torch.eye(2, dtype=positions.dtype)
     cov = 0.5 * (cov + cov.transpose(1, 2))
     return cov.clamp(-MAX_VARIANCE_M2, MAX_VARIANCE_M2)
+
+
+def published_covariance(positions: torch.Tensor, scores: torch.Tensor, precision: torch.Tensor,
+                         cell_size: torch.Tensor, cal: Calibration,
+                         informative: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The covariance [B, 2, 2] published about each query's best candidate, eq. (1) + (2).
+
+    positions [B, K, 2] m; scores, precision, cell_size [B, K]; ``informative`` [B]
+    the share of each query's sentences that name a known class or colour (default 1).
+    """
+    var = hypothesis_variance(precision, cell_size, cal.scale)
+    if informative is not None:
+        scores = scores * informative.to(scores.dtype)[:, None]
+    return mixture_covariance(positions, var, mixture_weights(scores, cal.beta))

@@ -57,3 +57,34 @@ def tiny_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     synthesize("tiny", seed=0, out=out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tiny_dataset, tmp_path_factory):
+    """A complete weights folder (PointNet++, coarse, fine) trained briefly on the tiny benchmark.
+
+    The pipeline, not the accuracy, is under test: an untrained cheap PointNet++,
+    one epoch of each stage with small widths; the cache sits inside the folder.
+    """
+    import torch
+
+    from spatialoc_ros.networks.checkpoint import save_checkpoint
+    from spatialoc_ros.networks.coarse import CoarseConfig
+    from spatialoc_ros.networks.pointnet import PointNet2
+    from spatialoc_ros.networks.ugfl import FineConfig
+    from spatialoc_ros.training.coarse_trainer import CoarseTrainConfig, train_coarse
+    from spatialoc_ros.training.fine_trainer import FineTrainConfig, train_fine
+
+    out = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    pointnet = PointNet2(max_neighbours=4)
+    stem = out / "pointnet_source"
+    save_checkpoint(pointnet, stem, {"kind": "pointnet", "architecture": pointnet.config()})
+    cache = str(out / "cache")
+    train_coarse(CoarseTrainConfig(data=str(tiny_dataset), out=str(out), epochs=1, batch_size=16,
+                                   pointnet=str(stem), cache=cache, max_train_queries=96,
+                                   model=CoarseConfig(d=32)), progress=False)
+    train_fine(FineTrainConfig(data=str(tiny_dataset), out=str(out), epochs=1, batch_size=16, pointnet=str(stem),
+                               cache=cache, max_train_queries=96, warmup_epochs=0,
+                               model=FineConfig(d=32)), progress=False)
+    return out

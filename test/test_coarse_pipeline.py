@@ -38,7 +38,7 @@ def trained(tiny_dataset, pointnet_stem, tmp_path_factory):
 def test_training_writes_a_complete_weights_folder(trained):
     cfg, state = trained
     assert state["epoch"] == 1 and len(state["history"]) == 1
-    for name in ("coarse.safetensors", "coarse.json", "pointnet.safetensors", "pointnet.json", "last.pt"):
+    for name in ("coarse.safetensors", "coarse.json", "pointnet.safetensors", "pointnet.json", "coarse_last.pt"):
         assert (cfg.out + "/" + name) and __import__("pathlib").Path(cfg.out, name).exists(), name
     config = json.loads(open(f"{cfg.out}/coarse.json").read())
     assert config["architecture"]["d"] == 32 and config["architecture"]["token_dim"] == 384

@@ -1,4 +1,4 @@
-"""``spatialoc train {pointnet,coarse}``: argument wiring; the work is in spatialoc_ros.training."""
+"""``spatialoc train {pointnet,coarse,fine}``: argument wiring; the work is in spatialoc_ros.training."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,12 @@ ABLATIONS = ("beose", "ga", "fae")
 
 def add_train_command(commands) -> None:
     train = commands.add_parser("train", help="train a model on a KITTI360Pose folder",
-                                description="Train the object classifier or the coarse stage.")
-    sub = train.add_subparsers(dest="train_command", metavar="{pointnet,coarse}")
+                                description="Train the object classifier, the coarse stage or the fine stage.")
+    sub = train.add_subparsers(dest="train_command", metavar="{pointnet,coarse,fine}")
     sub.required = True
     _add_pointnet(sub)
     _add_coarse(sub)
+    _add_fine(sub)
 
 
 def _common(p) -> None:
@@ -103,4 +104,46 @@ def _run_coarse(args) -> int:
     state = train_coarse(cfg, progress=not args.quiet)
     print(json.dumps({"best_val_recall_at_" + cfg.select: state["best"], "epochs": state["epoch"],
                       "weights": f"{args.out}/coarse.safetensors"}))
+    return 0
+
+
+def _add_fine(sub) -> None:
+    p = sub.add_parser("fine", help="train the fine stage (position inside a submap, UGFL)",
+                       description="Train SpatiaLoc's fine stage (UGFL) on the training queries and their "
+                                   "ground-truth cells; the epoch with the lowest mean validation error is "
+                                   "written to OUT/fine.safetensors + OUT/fine.json. Run it again with the "
+                                   "same OUT to resume. Under torchrun it trains with DistributedDataParallel.")
+    _common(p)
+    p.add_argument("--epochs", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup-epochs", type=int, default=2, help="epochs at lr 1e-5 before --lr")
+    p.add_argument("--pmc-prob", type=float, default=0.5,
+                   help="probability of training on an eligible neighbouring cell instead (PMC; 0 = off)")
+    p.add_argument("--no-precision-head", action="store_true",
+                   help="the 'w/o probability' ablation: no lambda branch, loss 5 x MSE")
+    p.add_argument("--pointnet", default="models/pointnet", metavar="STEM",
+                   help="frozen PointNet++ checkpoint (STEM.safetensors + STEM.json)")
+    p.add_argument("--text-encoder", default="minilm",
+                   help="'minilm' (embedded), a local Hugging Face folder, or a cached hub name")
+    p.add_argument("--cache", default=None, metavar="DIR", help="cache of frozen inputs (default DATA/.spatialoc_cache)")
+    p.add_argument("--dim", type=int, default=128, help="fusion width D (a multiple of 16)")
+    p.add_argument("--max-train-queries", type=int, default=0, help="train on a random subset (0 = all)")
+    p.add_argument("--max-val-queries", type=int, default=0, help="validate on a random subset (0 = all)")
+    p.set_defaults(handler=_run_fine)
+
+
+def _run_fine(args) -> int:
+    from ..networks.ugfl import FineConfig
+    from ..training.fine_trainer import FineTrainConfig, train_fine
+
+    model = FineConfig(d=args.dim, precision_head=not args.no_precision_head)
+    cfg = FineTrainConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, warmup_epochs=args.warmup_epochs, pmc_prob=args.pmc_prob, seed=args.seed,
+                          device=args.device, text_encoder=args.text_encoder, pointnet=args.pointnet,
+                          cache=args.cache, max_train_queries=args.max_train_queries,
+                          max_val_queries=args.max_val_queries, model=model)
+    state = train_fine(cfg, progress=not args.quiet)
+    print(json.dumps({"best_val_mean_error_m": state["best"], "epochs": state["epoch"],
+                      "weights": f"{args.out}/fine.safetensors"}))
     return 0

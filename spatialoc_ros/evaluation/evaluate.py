@@ -72,14 +72,17 @@ def best_cell_ids(queries: List[Query], cells) -> List[str]:
 
 
 def evaluate(data: str, split: str, weights: str = "models", queries_file: Optional[str] = None,
-             cache: Optional[str] = None, device: str = "auto", progress: bool = True) -> dict:
-    """The evaluation report (the JSON of ``spatialoc eval --json``)."""
-    from ..data.kitti360pose import load_split
-    from ..training.coarse_trainer import pick_device
-    from .coarse_eval import encode_queries, rank_cells, retrieval_metrics
-    from .loading import load_coarse_stage
+             cache: Optional[str] = None, device: str = "auto", progress: bool = True,
+             fit_calibration: bool = False) -> dict:
+    """The evaluation report (the JSON of ``spatialoc eval --json``).
 
-    dev = pick_device(device)
+    With fine weights in ``weights`` the whole pipeline runs (retrieval and
+    localization recall, calibration); with coarse weights only, retrieval.
+    ``fit_calibration`` fits the covariance calibration on these queries and
+    writes it to ``weights/calibration.json`` (do it on the validation split).
+    """
+    from ..data.kitti360pose import load_split
+
     data_split = load_split(data, split)
     if queries_file:
         queries = read_queries(queries_file)
@@ -90,20 +93,94 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
     unknown = [g for g in gt if g not in gallery_ids]  # checked before any encoding is paid for
     if unknown:
         raise SpatialocError(f"ground-truth cell {unknown[0]} is not in the {split} gallery")
+    if fit_calibration and split != "val":
+        raise SpatialocError("--fit-calibration fits on validation data: use --split val")
+    report = {"split": split, "num_queries": len(queries), "weights": str(weights)}
+    if (Path(weights) / "fine.safetensors").exists():
+        report.update(_pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit_calibration))
+    elif fit_calibration:
+        raise SpatialocError(f"{weights}: no fine.safetensors, so there is no covariance to calibrate")
+    else:
+        report.update(_retrieval(data, split, data_split, weights, queries, gt, cache, device, progress))
+    return report
+
+
+def _retrieval(data, split, data_split, weights, queries, gt, cache, device, progress) -> dict:
+    """Coarse weights only: retrieval recall."""
+    from ..training.coarse_trainer import pick_device
+    from .coarse_eval import encode_queries, rank_cells, retrieval_metrics
+    from .loading import load_coarse_stage
+
+    dev = pick_device(device)
     stage = load_coarse_stage(weights, data, split, data_split.cells, [q.hints for q in queries], cache=cache,
                               device=dev, progress=progress)
     encoded = encode_queries(stage.model, stage.text, [q.hints for q in queries], device=dev, progress=progress)
     top = rank_cells(encoded, stage.gallery.descriptors, stage.score_terms, k=max(CURVE_KS))
     gt_rows = stage.gallery.rows(gt)
-    return {"split": split, "num_queries": len(queries), "gallery_cells": len(stage.gallery),
+    return {"gallery_cells": len(stage.gallery),
             "retrieval_recall": retrieval_metrics(top, gt_rows, RETRIEVAL_KS),
             "retrieval_recall_curve": retrieval_metrics(top, gt_rows, CURVE_KS),
-            "weights": str(weights), "score_terms": list(stage.score_terms)}
+            "score_terms": list(stage.score_terms)}
+
+
+def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit) -> dict:
+    """Coarse + fine: retrieval and localization recall, calibration of the published covariance."""
+    import torch
+    from tqdm import tqdm
+
+    from ..inference import CALIBRATION_FILE, Localizer
+    from .coarse_eval import retrieval_metrics
+    from ..covariance import published_covariance
+    from ..query_text import recognised_hints
+    from .localization import calibration_report, candidate_errors, fit_calibration, localization_recall
+
+    loc = Localizer(data, weights, scenes=data_split.scenes, device=device, cache=cache, top_k=max(CURVE_KS),
+                    progress=progress)
+    loc.encode_sentences(sorted({s for q in queries for s in q.hints}))
+    parts = []
+    for start in tqdm(range(0, len(queries), 64), desc="queries", unit="batch", disable=not progress):
+        parts.append(loc.candidates([q.hints for q in queries[start:start + 64]], max(CURVE_KS)))
+    rows = torch.cat([c.rows for c in parts])
+    scores = torch.cat([c.scores for c in parts]).double()
+    positions = torch.cat([c.positions for c in parts])
+    precision = torch.cat([c.precision for c in parts]).double()
+    size = torch.cat([c.cell_size for c in parts])
+    truth = torch.tensor(np.stack([q.pose_w[:2] for q in queries]), dtype=torch.float64)
+    scenes = np.array([c.scene for c in loc._cells])
+    same = torch.from_numpy(scenes[rows.numpy()] == np.array([q.scene for q in queries])[:, None])
+    errors = candidate_errors(positions, same, truth)
+    gt_rows = loc.coarse.gallery.rows(gt)
+    out = {"gallery_cells": loc.num_cells,
+           "retrieval_recall": retrieval_metrics(rows, gt_rows, RETRIEVAL_KS),
+           "retrieval_recall_curve": retrieval_metrics(rows, gt_rows, CURVE_KS),
+           "localization_recall": localization_recall(errors),
+           "score_terms": list(loc.coarse.score_terms)}
+    if fit:
+        cal, _ = fit_calibration(positions, scores, precision, size, truth,
+                                 fitted_on=f"{data_split.name}: {len(queries)} queries")
+        path = Path(weights) / CALIBRATION_FILE
+        path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
+        loc.calibration = cal
+        out["calibration_file"] = str(path)
+    informative = torch.tensor([recognised_hints(q.hints) / len(q.hints) for q in queries])
+    cov = published_covariance(positions, scores, precision, size, loc.calibration, informative)
+    out["calibration"] = calibration_report(truth - positions[:, 0], cov)
+    out["calibration"].update(loc.calibration.to_dict())
+    out["top1_error_m"] = {"median": float(errors[:, 0].clamp(max=1e9).median())}
+    return out
 
 
 def format_report(report: dict) -> str:
     r = report["retrieval_recall"]
-    return (f"{report['split']}: {report['num_queries']} queries, gallery of {report['gallery_cells']} cells\n"
-            f"retrieval recall@1/3/5: {r['1']:.3f} / {r['3']:.3f} / {r['5']:.3f}")
-
-
+    lines = [f"{report['split']}: {report['num_queries']} queries, gallery of {report['gallery_cells']} cells",
+             f"retrieval recall@1/3/5: {r['1']:.3f} / {r['3']:.3f} / {r['5']:.3f}"]
+    for k, by_eps in report.get("localization_recall", {}).items():
+        lines.append(f"localization recall k={k:>2} within 5/10/15 m: "
+                     + " / ".join(f"{by_eps[e]:.3f}" for e in ("5", "10", "15")))
+    cal = report.get("calibration")
+    if cal:
+        lines.append(f"calibration: {100 * cal['within_1sigma']:.1f} % inside 1 sigma (39.3 % ideal), "
+                     f"{100 * cal['within_2sigma']:.1f} % inside 2 sigma (86.5 %), mean NLL {cal['nll']:.2f}, "
+                     f"median 1-sigma {cal['median_sigma_m']:.1f} m"
+                     + ("" if cal.get("fitted_on") else " (uncalibrated)"))
+    return "\n".join(lines)

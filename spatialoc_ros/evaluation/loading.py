@@ -12,13 +12,14 @@ from ..errors import SpatialocError
 class CoarseStage:
     model: object  # CoarseModel, eval mode
     bank: object  # CellBank of the gallery
-    text: object  # TextCache
+    text: object  # TextCache of the named queries' sentences, or None
     score_terms: List[str]
     config: dict
     gallery: object  # Gallery: the coarse descriptors of every bank cell (cached on disk)
 
 
-def load_coarse_stage(weights: str, data: str, split: str, cells: Sequence, hint_lists: Sequence[Sequence[str]],
+def load_coarse_stage(weights: str, data: str, split: str, cells: Sequence,
+                      hint_lists: Optional[Sequence[Sequence[str]]],
                       cache: Optional[str] = None, device="cpu", progress: bool = True) -> CoarseStage:
     """The coarse model of ``weights/coarse``, the bank and encoded gallery of ``cells``, and a text cache.
 
@@ -43,7 +44,9 @@ def load_coarse_stage(weights: str, data: str, split: str, cells: Sequence, hint
     if trained_with and trained_with != pointnet["digest"]:
         raise SpatialocError(f"{weights}/pointnet.safetensors is not the PointNet++ the coarse model was "
                              f"trained with (digest {pointnet['digest']}, expected {trained_with})")
-    text = load_text_cache(root, config["text_encoder"], sorted({s for h in hint_lists for s in h}))
+    text = None  # no queries named: the caller keeps its own text cache
+    if hint_lists is not None:
+        text = load_text_cache(root, config["text_encoder"], sorted({s for h in hint_lists for s in h}))
     key = bank_key(split, pointnet["digest"], model.cfg.max_objects, seed, cells)
     gallery = load_or_encode_gallery(model, banks[split], root, f"{stem}.safetensors", key, device=device,
                                      progress=progress)

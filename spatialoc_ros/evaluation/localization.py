@@ -17,7 +17,8 @@ from typing import Dict, Sequence, Tuple
 
 import torch
 
-from ..covariance import Calibration, hypothesis_variance, mixture_covariance, mixture_weights
+from ..covariance import (Calibration, hypothesis_variance, mixture_covariance, mixture_weights,
+                          published_covariance)
 
 LOCALIZATION_KS = (1, 5, 10)
 THRESHOLDS_M = (5, 10, 15)
@@ -58,12 +59,6 @@ def calibration_report(err_xy: torch.Tensor, cov: torch.Tensor) -> Dict[str, flo
     return {"within_1sigma": float((d2 <= 1).double().mean()), "within_2sigma": float((d2 <= 4).double().mean()),
             "nll": float(gaussian_nll(err_xy, cov).mean()),
             "median_sigma_m": float(torch.linalg.eigvalsh(cov)[:, -1].sqrt().median())}
-
-
-def published_covariance(positions, scores, precision, cell_size, cal: Calibration) -> torch.Tensor:
-    """The covariance [B, 2, 2] published about each query's best candidate (see covariance.py)."""
-    var = hypothesis_variance(precision, cell_size, cal.scale)
-    return mixture_covariance(positions, var, mixture_weights(scores, cal.beta))
 
 
 def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: torch.Tensor,

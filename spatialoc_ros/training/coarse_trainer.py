@@ -7,7 +7,7 @@ mirrored at random (the benchmark's augmentations). After every epoch the
 model ranks the whole validation gallery for the validation queries; the
 best epoch (by the selection metric, recall@5 as in the reference code)
 is written to ``OUT/coarse.safetensors`` + ``OUT/coarse.json``, and
-``OUT/last.pt`` holds what a resumed run needs.
+``OUT/coarse_last.pt`` holds what a resumed run needs (the fine stage may share OUT).
 
 Frozen inputs are cached under ``--cache`` (default ``DATA/.spatialoc_cache``):
 token embeddings per unique hint sentence, and per split a bank of PointNet++
@@ -164,7 +164,7 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma)
     state = {"epoch": 0, "best": -1.0, "history": []}
-    last = out / "last.pt"
+    last = out / "coarse_last.pt"
     if last.exists():
         saved = torch.load(last, weights_only=True, map_location="cpu")
         model.load_state_dict(saved["model"])
@@ -211,7 +211,7 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
             if score > state["best"]:
                 state["best"] = score
                 save_checkpoint(model, out / "coarse", _checkpoint_config(cfg, record, pointnet_info),
-                                dtype=torch.float16)  # shipped size; last.pt keeps float32
+                                dtype=torch.float16)  # shipped size; coarse_last.pt keeps float32
         state["epoch"] = epoch
         state["history"].append(record)
         if dist.main:

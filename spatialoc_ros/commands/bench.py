@@ -1,0 +1,57 @@
+"""``spatialoc bench``: argument wiring; the measuring is in spatialoc_ros.evaluation.bench."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEFAULT_MAPS = ("data/demo_map", "data/benchmark")
+
+
+def add_bench_command(commands) -> None:
+    p = commands.add_parser("bench", help="latency, throughput and memory figures",
+                            description="Per-query latency of each stage (median, 95th percentile) on the "
+                                        "bundled demo map and, when it is there, the benchmark's test "
+                                        "gallery; gallery build time; peak memory.")
+    p.add_argument("--map", nargs="+", default=None, metavar="DIR",
+                   help=f"maps to measure (default: those of {', '.join(DEFAULT_MAPS)} that exist; the "
+                        "benchmark is measured on its test scenes)")
+    p.add_argument("--weights", default="models", metavar="DIR")
+    p.add_argument("--queries", type=int, default=100, metavar="N", help="held-out descriptions per map")
+    p.add_argument("--top-k", type=int, default=10, metavar="K")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--rebuild", action="store_true",
+                   help="also time building the benchmark's gallery from scratch (always done for other maps)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from ..data.constants import SPLITS
+    from ..errors import SpatialocError
+    from ..evaluation.bench import bench_map, format_bench, peak_rss_mb
+
+    maps = args.map or [m for m in DEFAULT_MAPS if Path(m).is_dir()]
+    if not maps:
+        raise SpatialocError("no map to measure: run `make demo` (bundled demo map) or pass --map DIR")
+    if args.queries < 1 or args.top_k < 1:
+        raise SpatialocError("--queries and --top-k must be at least 1")
+    reports = []
+    for m in maps:
+        benchmark = Path(m).resolve() == Path("data/benchmark").resolve()
+        scenes = list(SPLITS["test"]) if benchmark else None
+        reports.append(bench_map(m, args.weights, scenes=scenes, queries=args.queries, top_k=args.top_k,
+                                 device=args.device, rebuild=args.rebuild or not benchmark,
+                                 progress=not args.json))
+    result = {"device": reports[0]["device"], "maps": reports, "peak_rss_mb": peak_rss_mb()}
+    # the first map's figures also at the top level (the documented JSON shape)
+    for key in ("gallery_cells", "top_k", "end_to_end_ms", "text_ms", "coarse_ms", "fine_ms"):
+        result[key] = reports[0][key]
+    for key in ("gallery_build_s", "gallery_cells_per_s", "gallery_load_s"):
+        if key in reports[0]:
+            result[key] = reports[0][key]
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print("\n\n".join(format_bench(r) for r in reports))
+        print(f"\npeak resident memory: {result['peak_rss_mb']:.0f} MB")
+    return 0

@@ -1,0 +1,100 @@
+"""``spatialoc bench``: how long the pipeline takes per query, and what the gallery costs.
+
+For each map: the Localizer is started (gallery from the on-disk cache when it
+exists: ``gallery_load_s``), then ``queries`` held-out descriptions of the map
+(its own poses, a fixed sample) are localized one at a time, twice:
+
+* cold: the token cache is emptied before each query, so the text encoder runs
+  on every sentence (a description the node has never heard);
+* warm: the sentences are cached (a repeated or templated description).
+
+Reported per stage (text encoding, coarse scoring, fine stage over the top-k,
+end to end): median and 95th percentile in milliseconds. ``--rebuild`` also
+times building the cell bank and the gallery from scratch (in a temporary
+cache folder) and gives cells per second. Peak resident memory of the process.
+"""
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+STAGES = ("text", "coarse", "fine", "total")
+
+
+def summary(values: Sequence[float]) -> Dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return {"median": float(np.median(v)), "p95": float(np.percentile(v, 95)), "n": int(len(v))}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None, queries: int = 100,
+              top_k: int = 10, device="cpu", rebuild: bool = False, seed: int = 0, progress: bool = True) -> dict:
+    """Timing of one map (see the module docstring)."""
+    import torch
+    from tqdm import tqdm
+
+    from ..inference import Localizer
+    from ..training.text_cache import TextCache
+
+    out = {"map": str(map_dir), "top_k": top_k}
+    if rebuild:
+        with tempfile.TemporaryDirectory(prefix="spatialoc-bench-") as tmp:
+            t0 = time.perf_counter()
+            loc = Localizer(map_dir, weights, scenes=scenes, device=device, cache=tmp, top_k=top_k,
+                            progress=progress)
+            out["gallery_build_s"] = time.perf_counter() - t0
+            out["gallery_cells_per_s"] = loc.num_cells / out["gallery_build_s"]
+    t0 = time.perf_counter()
+    loc = Localizer(map_dir, weights, scenes=scenes, device=device, top_k=top_k, progress=progress)
+    out["gallery_load_s"] = time.perf_counter() - t0
+    out["gallery_cells"] = loc.num_cells
+    out["device"] = str(loc.device)
+    rng = np.random.default_rng(seed)
+    poses = loc.map.poses
+    picked = [poses[i] for i in rng.choice(len(poses), min(queries, len(poses)), replace=False)]
+    texts = [p.text for p in picked]
+    loc.localize(texts[0])  # first call pays one-time allocations
+    timings: Dict[str, Dict[str, List[float]]] = {"cold": {s: [] for s in STAGES}, "warm": {s: [] for s in STAGES}}
+    for mode in ("cold", "warm"):
+        for text in tqdm(texts, desc=f"{mode} queries", disable=not progress):
+            if mode == "cold":
+                loc.text = TextCache(loc.text.encoder)
+            else:
+                loc.encode_sentences(loc_sentences(text))
+            result = loc.localize(text)
+            for s in STAGES:
+                timings[mode][s].append(result.timing_ms[s])
+    for s in STAGES:
+        out[f"{s}_ms"] = summary(timings["cold"][s])
+        out[f"{s}_cached_ms"] = summary(timings["warm"][s])
+    out["end_to_end_ms"] = out.pop("total_ms")
+    out["end_to_end_cached_ms"] = out.pop("total_cached_ms")
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def loc_sentences(text: str) -> List[str]:
+    from ..networks.text_encoder import split_sentences
+
+    return split_sentences(text)
+
+
+def format_bench(report: dict) -> str:
+    lines = [f"{report['map']}: {report['gallery_cells']} cells, top-k {report['top_k']}, {report['device']}, "
+             f"{report['threads']} threads; gallery loaded in {report['gallery_load_s']:.1f} s"]
+    if "gallery_build_s" in report:
+        lines.append(f"gallery built from scratch in {report['gallery_build_s']:.1f} s "
+                     f"({report['gallery_cells_per_s']:.1f} cells/s)")
+    lines.append(f"{'ms per query':<22}{'median':>8}{'p95':>8}   {'cached text: median':>20}{'p95':>8}")
+    for name, key in (("text encoding", "text"), ("coarse scoring", "coarse"), ("fine (top-k)", "fine"),
+                      ("end to end", "end_to_end")):
+        cold, warm = report[f"{key}_ms"], report[f"{key}_cached_ms"]
+        lines.append(f"{name:<22}{cold['median']:8.1f}{cold['p95']:8.1f}   {warm['median']:20.1f}{warm['p95']:8.1f}")
+    return "\n".join(lines)

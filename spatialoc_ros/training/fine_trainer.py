@@ -1,0 +1,343 @@
+"""``spatialoc train fine``: train the fine stage (UGFL, spec §8.5, §10.2) on a KITTI360Pose folder.
+
+One sample = a training query's hints and its ground-truth cell; the target
+is the pose's xy in that cell's normalised frame (``Cell.to_cell``, the frame
+of the object centres) minus the centre (0.5, 0.5). Augmentations: hints are
+shuffled, the valid objects of each cell are randomly permuted (padding stays
+at the end; spec §12 #17), and with PMC (§8.2) the cell is, with probability
+``pmc_prob``, swapped for an eligible neighbouring cell, the target following
+it. Adam at ``warmup_lr`` for ``warmup_epochs`` epochs, then ``lr`` constant
+(the reference code re-creates Adam at the switch; here only the rate
+changes, which a resumed run reproduces exactly).
+
+After every epoch the validation queries are located in their ground-truth
+cells: mean and median error in metres (normalised error times the cell's
+size), recall within 5/10/15 m and, with the lambda head, how often the error
+falls within 1 and 2 sigma, sigma^2 = 1/lambda. The epoch with the lowest mean
+error is written to ``OUT/fine.safetensors`` + ``OUT/fine.json`` (parameters in
+float16, as the coarse stage ships); ``OUT/fine_last.pt`` holds what a resumed
+run needs, so the coarse stage may share OUT.
+
+The cell bank (frozen PointNet++ features) and the text cache are those of the
+coarse trainer, built with the same arguments, so both stages share one cache.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import SpatialocError
+from ..networks.ugfl import FineConfig, FineModel
+from .coarse_trainer import _copy_pointnet, _Distributed, pick_device
+from .fine_losses import fine_loss
+from .queries import augment, pose_hints, size_grouped_batches
+from .text_batches import text_batch
+
+RECALL_THRESHOLDS_M = (5, 10, 15)  # spec §9.4
+
+
+@dataclass
+class FineTrainConfig:
+    data: str
+    out: str
+    epochs: int = 32
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_epochs: int = 2  # epochs at warmup_lr before lr (spec §8.2)
+    warmup_lr: float = 1e-5
+    pmc_prob: float = 0.5  # probability of swapping in a neighbouring cell (spec §8.2)
+    pmc_threshold: float = 0.4  # the pose must lie this close (L-inf, cell widths) to its centre
+    shuffle_objects: bool = True
+    seed: int = 0
+    device: str = "auto"
+    text_encoder: str = "minilm"
+    pointnet: str = "models/pointnet"
+    cache: Optional[str] = None
+    max_train_queries: int = 0  # 0 = all; otherwise a fixed random subset (quick runs, tests)
+    max_val_queries: int = 0
+    model: FineConfig = field(default_factory=FineConfig)
+
+    def check(self) -> None:
+        """Raise a one-line SpatialocError for settings that cannot train."""
+        problems = [
+            (self.epochs < 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size < 2, f"--batch-size must be at least 2, got {self.batch_size}"),
+            (not self.lr > 0 or not self.warmup_lr > 0, "learning rates must be positive"),
+            (self.warmup_epochs < 0, f"--warmup-epochs must be at least 0, got {self.warmup_epochs}"),
+            (not 0 <= self.pmc_prob <= 1, f"--pmc-prob must be in [0, 1], got {self.pmc_prob}"),
+            (self.model.d < 16 or self.model.d % 16, f"--dim must be a positive multiple of 16, got {self.model.d}"),
+            (self.max_train_queries < 0 or self.max_val_queries < 0, "query limits must be at least 0"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise SpatialocError(message)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of epoch ``epoch`` (1-based)."""
+        return self.warmup_lr if epoch <= self.warmup_epochs else self.lr
+
+
+def cell_target(cell, pose_w) -> np.ndarray:
+    """Offset of the pose from the cell centre, cell-normalised: ``cell.to_cell(xy) - 0.5`` (2,)."""
+    return (cell.to_cell(np.asarray(pose_w, dtype=np.float64)[:2]) - 0.5).astype(np.float32)
+
+
+class NeighbourCells:
+    """PMC (spec §8.2): the neighbouring cells a training query may be moved to, found lazily.
+
+    A neighbour (from the split's direction map, or the one its cells imply)
+    is eligible when the pose lies within ``threshold`` cell widths (L-inf) of
+    its centre and at most ``max_missing`` hints cannot be re-found there: no
+    object of the hint's label whose closest point has the hint's offset
+    (offsets are cell-normalised differences, the same in every cell). One is
+    drawn with probability proportional to 1 / (distance to its centre)^2.
+    """
+
+    def __init__(self, split, threshold: float = 0.4, max_missing: int = 1, tolerance: float = 1e-6):
+        from ..data.kitti360pose import neighbour_map
+
+        self.split = split
+        self.directions = split.directions or neighbour_map(split.cells)
+        self.threshold, self.max_missing, self.tolerance = threshold, max_missing, tolerance
+        self._memo: Dict[int, tuple] = {}
+
+    def _refound(self, cell, p, hint) -> bool:
+        for obj in cell.objects:
+            if obj.label == hint.object_label:
+                offset = p[:2] - obj.closest_point(p)[:2]
+                if np.abs(offset - hint.offset_closest).max() <= self.tolerance:
+                    return True
+        return False
+
+    def candidates(self, i: int):
+        """(eligible cell ids, their draw probabilities) of query ``i``."""
+        if i not in self._memo:
+            pose = self.split.poses[i]
+            ids, weights = [], []
+            for cid in self.directions.get(pose.cell_id, {}).values():
+                cell = self.split.cells_by_id.get(cid) if cid else None
+                if cell is None:
+                    continue
+                p = cell.to_cell(pose.pose_w)
+                if np.abs(p[:2] - 0.5).max() > self.threshold:
+                    continue
+                missing = sum(not self._refound(cell, p, h) for h in pose.hints)
+                if missing <= self.max_missing:
+                    ids.append(cid)
+                    weights.append(1.0 / max(float(np.sum((p[:2] - 0.5) ** 2)), 1e-12))
+            probs = np.asarray(weights) / np.sum(weights) if ids else np.zeros(0)
+            self._memo[i] = (ids, probs)
+        return self._memo[i]
+
+    def draw(self, i: int, rng: np.random.Generator) -> str:
+        """A neighbour of query ``i`` drawn as PMC does, or its own cell when none is eligible."""
+        ids, probs = self.candidates(i)
+        if not ids:
+            return self.split.poses[i].cell_id
+        return ids[int(rng.choice(len(ids), p=probs))]
+
+
+def permute_objects(cells: dict, rng: np.random.Generator) -> dict:
+    """``CellBank.batch`` inputs with each row's valid objects in random order (padding stays at the end)."""
+    mask = cells["mask"]
+    n = mask.shape[1]
+    order = torch.empty(mask.shape, dtype=torch.long)
+    for b, length in enumerate(mask.sum(1).tolist()):
+        order[b] = torch.from_numpy(np.concatenate([rng.permutation(length), np.arange(length, n)]))
+    out = {}
+    for key, value in cells.items():
+        index = order.to(value.device).view(*order.shape, *([1] * (value.dim() - 2))).expand_as(value)
+        out[key] = value.gather(1, index)
+    return out
+
+
+def fine_metrics(offsets: np.ndarray, targets: np.ndarray, cell_sizes: np.ndarray,
+                 precision: Optional[np.ndarray] = None) -> dict:
+    """Errors in metres of predicted offsets [M, 2] against targets [M, 2] (cell-normalised).
+
+    With ``precision`` (lambda [M]) also the share of queries whose normalised
+    error is within 1 and 2 sigma, sigma = lambda^(-1/2), and the Spearman
+    correlation of sigma with the error (does lambda rank the errors?).
+    """
+    err_n = np.linalg.norm(offsets - targets, axis=1)
+    err_m = err_n * cell_sizes
+    out = {"mean_error_m": float(err_m.mean()), "median_error_m": float(np.median(err_m)),
+           "recall": {str(t): float((err_m <= t).mean()) for t in RECALL_THRESHOLDS_M}}
+    if precision is not None:
+        sigma = precision ** -0.5
+        out["coverage_1sigma"] = float((err_n <= sigma).mean())
+        out["coverage_2sigma"] = float((err_n <= 2 * sigma).mean())
+        out["sigma_error_spearman"] = _spearman(sigma, err_n)
+        out["mean_precision"] = float(precision.mean())
+    return out
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    c = np.corrcoef(ra, rb)[0, 1]
+    return float(c) if np.isfinite(c) else float("nan")
+
+
+@torch.no_grad()
+def predict(model: FineModel, cache, bank, hints: Sequence[Sequence[str]], rows: np.ndarray,
+            device, batch_size: int = 256):
+    """Offsets [M, 2] and precisions [M] (or None) of queries ``hints`` in bank rows ``rows``."""
+    model.eval()
+    offsets, precisions = [], []
+    for start in range(0, len(rows), batch_size):
+        sl = slice(start, start + batch_size)
+        text = {k: v.to(device) for k, v in text_batch(cache, hints[sl]).items()}
+        cells = {k: v.to(device) for k, v in bank.batch(torch.from_numpy(rows[sl])).items()}
+        out = model(text, cells)
+        offsets.append(out.offset.float().cpu())
+        if out.precision is not None:
+            precisions.append(out.precision.float().cpu())
+    offsets = torch.cat(offsets).numpy() if offsets else np.zeros((0, 2), np.float32)
+    return offsets, (torch.cat(precisions).numpy() if precisions else None)
+
+
+def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
+    """Train, validate every epoch, keep the best; returns the run's state (best, history)."""
+    from tqdm import tqdm
+
+    from ..data.kitti360pose import load_split
+    from ..networks.checkpoint import save_checkpoint
+    from .frozen_inputs import cache_dir, load_banks, load_text_cache
+
+    cfg.check()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    dist = _Distributed(pick_device(cfg.device))
+    device = dist.device
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    train_hints = [pose_hints(p) for p in train.poses]
+    val_hints = [pose_hints(p) for p in val.poses]
+    train_ids = np.arange(len(train.poses))
+    if cfg.max_train_queries:
+        train_ids = np.sort(rng.choice(train_ids, min(cfg.max_train_queries, len(train_ids)), replace=False))
+    val_ids = np.arange(len(val.poses))
+    if cfg.max_val_queries:
+        val_ids = np.sort(rng.choice(val_ids, min(cfg.max_val_queries, len(val_ids)), replace=False))
+    root = cache_dir(cfg.data, cfg.cache)
+    # the coarse trainer's banks (every training cell, 28 slots, the run's seed): one shared cache file
+    banks, pointnet_info = load_banks(root, cfg.pointnet, {"train": train.cells, "val": val.cells},
+                                      cfg.model.max_objects, cfg.seed, progress)
+    cache = load_text_cache(root, cfg.text_encoder, sorted({s for h in train_hints + val_hints for s in h}))
+    cfg.model.token_dim = cache.hidden_size
+    cfg.model.point_dim = int(banks["train"].point_features.shape[-1])
+    _copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for inference
+
+    train_row = {cid: i for i, cid in enumerate(banks["train"].ids)}
+    gt_rows = np.array([train_row[p.cell_id] for p in train.poses], dtype=np.int64)
+    sizes = banks["train"].mask.sum(1).numpy()[gt_rows]
+    val_rows = banks["val"].rows([val.poses[i].cell_id for i in val_ids]).numpy()
+    val_cells = [val.cells_by_id[val.poses[i].cell_id] for i in val_ids]
+    val_targets = np.stack([cell_target(c, val.poses[i].pose_w) for c, i in zip(val_cells, val_ids)])
+    val_sizes = np.array([c.cell_size for c in val_cells], dtype=np.float64)
+    val_query_hints = [val_hints[i] for i in val_ids]
+    pmc = NeighbourCells(train, cfg.pmc_threshold) if cfg.pmc_prob > 0 else None
+
+    model = FineModel(cfg.model)
+    counts = banks["train"].counts[banks["train"].mask].float()
+    model.objects.count_mean.fill_(float(counts.mean()))
+    model.objects.count_std.fill_(float(counts.std()))
+    model = model.to(device)
+    ddp = dist.wrap(model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_at(1))
+    state = {"epoch": 0, "best": None, "history": [],
+             "centre_baseline": fine_metrics(np.zeros_like(val_targets), val_targets, val_sizes)}
+    last = out / "fine_last.pt"
+    if last.exists():
+        saved = torch.load(last, weights_only=True, map_location="cpu")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state = json.loads(saved["state"])
+        rng = np.random.default_rng([cfg.seed, state["epoch"]])
+        if dist.main:
+            print(f"resuming after epoch {state['epoch']} (best val mean error {state['best']:.2f} m)")
+    elif dist.main:
+        base = state["centre_baseline"]
+        print(f"cell-centre baseline on val: mean error {base['mean_error_m']:.2f} m, "
+              f"median {base['median_error_m']:.2f} m")
+
+    while state["epoch"] < cfg.epochs:
+        epoch = state["epoch"] + 1
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(epoch)
+        model.train()
+        batches = size_grouped_batches(sizes[train_ids], cfg.batch_size, rng)
+        batches = [train_ids[b] for b in batches if len(b) > 1][dist.rank::dist.world]
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not (progress and dist.main))
+        t0, running, moved = time.perf_counter(), [], 0
+        for ids in bar:
+            cell_ids = [train.poses[i].cell_id for i in ids]
+            if pmc is not None:
+                swap = rng.random(len(ids)) < cfg.pmc_prob
+                cell_ids = [pmc.draw(i, rng) if s else c for i, s, c in zip(ids, swap, cell_ids)]
+                moved += sum(c != train.poses[i].cell_id for i, c in zip(ids, cell_ids))
+            target = torch.from_numpy(np.stack([cell_target(train.cells_by_id[c], train.poses[i].pose_w)
+                                                for i, c in zip(ids, cell_ids)])).to(device)
+            hints = [augment(train_hints[i], rng, False, False) for i in ids]
+            text = {k: v.to(device) for k, v in text_batch(cache, hints).items()}
+            cells = banks["train"].batch(torch.tensor([train_row[c] for c in cell_ids]))
+            if cfg.shuffle_objects:
+                cells = permute_objects(cells, rng)
+            cells = {k: v.to(device) for k, v in cells.items()}
+            pred = ddp(text, cells)
+            loss = fine_loss(pred.offset, pred.precision, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(running[-50:]):.3f}")
+        record = {"epoch": epoch, "lr": cfg.lr_at(epoch),
+                  "loss": float(np.mean(running)) if running else float("nan"),
+                  "pmc_moved": moved / max(1, sum(len(b) for b in batches)), "train_s": time.perf_counter() - t0}
+        if dist.main:
+            offsets, precision = predict(model, cache, banks["val"], val_query_hints, val_rows, device)
+            record["val"] = fine_metrics(offsets, val_targets, val_sizes, precision)
+            print(_summary(record))
+            if state["best"] is None or record["val"]["mean_error_m"] < state["best"]:
+                state["best"] = record["val"]["mean_error_m"]
+                save_checkpoint(model, out / "fine",
+                                _checkpoint_config(cfg, record, pointnet_info, state["history"] + [record]),
+                                dtype=torch.float16)  # shipped size; fine_last.pt keeps float32
+        state["epoch"] = epoch
+        state["history"].append(record)
+        if dist.main:
+            tmp = last.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "state": json.dumps(state)}, tmp)
+            tmp.replace(last)
+    dist.close()
+    return state
+
+
+def _summary(record: dict) -> str:
+    v = record["val"]
+    text = (f"epoch {record['epoch']}: loss {record['loss']:.4f}, val error mean {v['mean_error_m']:.2f} m, "
+            f"median {v['median_error_m']:.2f} m, within 5/10/15 m "
+            + "/".join(f"{v['recall'][str(t)]:.3f}" for t in RECALL_THRESHOLDS_M))
+    if "coverage_1sigma" in v:
+        text += f", 1/2-sigma coverage {v['coverage_1sigma']:.2f}/{v['coverage_2sigma']:.2f}"
+    return text + f" ({record['train_s']:.0f} s)"
+
+
+def _checkpoint_config(cfg: FineTrainConfig, record: dict, pointnet_info: dict, history: List[dict]) -> dict:
+    train = asdict(cfg)
+    train.pop("model")
+    metrics = {"epoch": record["epoch"], "val": record["val"], "history": history}
+    return {"kind": "fine", "architecture": cfg.model.to_dict(), "text_encoder": cfg.text_encoder,
+            "pointnet": pointnet_info, "training": train, "metrics": metrics}
+

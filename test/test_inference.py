@@ -1,0 +1,106 @@
+"""The Localizer and `spatialoc localize` / `eval` / `bench` on a tiny map with briefly trained weights."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from spatialoc_ros.cli import main
+from spatialoc_ros.errors import SpatialocError
+from spatialoc_ros.inference import CALIBRATION_FILE, Localizer
+from spatialoc_ros.query_text import QueryRejected
+
+VAL_SCENE = "2013_05_28_drive_0010_sync"
+GOOD = "The pose is north of a gray building. The pose is on-top of a dark-green sidewalk."
+
+
+@pytest.fixture(scope="module")
+def localizer(tiny_dataset, tiny_weights):
+    return Localizer(tiny_dataset, tiny_weights, scenes=[VAL_SCENE], device="cpu", cache=tiny_weights / "cache",
+                     top_k=5)
+
+
+def test_hypotheses_best_first_with_valid_covariances(localizer):
+    result = localizer.localize(GOOD)
+    assert len(result.hypotheses) == 5 and [h.rank for h in result.hypotheses] == list(range(5))
+    scores = [h.score for h in result.hypotheses]
+    assert scores == sorted(scores, reverse=True)
+    cells = localizer.map.cells_by_id
+    for h in result.hypotheses:
+        assert h.precision > 0 and np.isfinite(h.position).all()
+        cell = cells[h.cell_id]
+        assert np.all(h.position[:2] > cell.bbox_w[:2] - 2 * cell.cell_size)  # near its cell
+        assert np.array_equal(h.covariance_xy, h.covariance_xy.T) and np.linalg.eigvalsh(h.covariance_xy).min() > 0
+    cov = result.covariance_xy
+    assert np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0 and np.isfinite(cov).all()
+    assert result.recognised_hints == 2 and set(result.timing_ms) == {"text", "coarse", "fine", "total"}
+    doc = json.loads(json.dumps(result.to_json()))
+    assert {"hypotheses", "timing_ms", "position", "covariance_xy"} <= set(doc)
+    assert {"cell_id", "score", "position", "covariance_xy", "precision"} <= set(doc["hypotheses"][0])
+
+
+def test_batch_and_single_query_agree(localizer):
+    one = localizer.localize(GOOD)
+    cand = localizer.candidates([one.hints, ["The pose is west of a black pole."]], 5)
+    assert [localizer.coarse.gallery.ids[r] for r in cand.rows[0].tolist()] == [h.cell_id for h in one.hypotheses]
+    torch.testing.assert_close(cand.positions[0, :, :2].numpy(), np.stack([h.position[:2] for h in one.hypotheses]),
+                               check_dtype=False)
+
+
+def test_bad_text_is_refused_and_unknown_words_widen_the_ellipse(localizer, tiny_weights):
+    for text in ("", "   ", "x" * 10_000, "\x00\x01"):
+        with pytest.raises(QueryRejected):
+            localizer.localize(text)
+    (tiny_weights / CALIBRATION_FILE).write_text(json.dumps({"scale": 0.01, "beta": 64.0}))
+    try:
+        localizer.calibration = __import__("spatialoc_ros.inference", fromlist=["x"]).load_calibration(tiny_weights)
+        good = localizer.localize(GOOD)
+        vague = localizer.localize("Lorem ipsum dolor sit amet. Consectetur adipiscing elit.")
+    finally:
+        (tiny_weights / CALIBRATION_FILE).unlink()
+        localizer.calibration = __import__("spatialoc_ros.covariance", fromlist=["x"]).Calibration()
+    assert vague.recognised_hints == 0 and len(vague.hypotheses) == 5
+    assert vague.sigma_m > 2 * good.sigma_m
+
+
+def test_localize_cli_json_and_one_line_errors(tiny_dataset, tiny_weights, capsys):
+    args = ["localize", "--map", str(tiny_dataset), "--weights", str(tiny_weights), "--scenes", VAL_SCENE,
+            "--cache", str(tiny_weights / "cache"), "--top-k", "3"]
+    assert main(args + ["--text", GOOD, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["hypotheses"]) == 3 and len(doc["hypotheses"][0]["position"]) == 3
+    assert main(args + ["--text", GOOD]) == 0
+    assert "position:" in capsys.readouterr().out
+    for text in ("", " \n "):
+        assert main(args + ["--text", text]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "spatialoc: error:" in err
+    assert main(["localize", "--map", str(tiny_dataset / "nope"), "--text", GOOD, "--weights", str(tiny_weights)]) == 2
+    assert "no such map folder" in capsys.readouterr().err
+
+
+def test_missing_fine_weights_are_named(tiny_dataset, tiny_weights, tmp_path):
+    for name in ("pointnet.safetensors", "pointnet.json", "coarse.safetensors", "coarse.json"):
+        (tmp_path / name).write_bytes((tiny_weights / name).read_bytes())
+    with pytest.raises(SpatialocError, match="fine.safetensors"):
+        Localizer(tiny_dataset, tmp_path, scenes=[VAL_SCENE], device="cpu", cache=tiny_weights / "cache")
+
+
+def test_eval_reports_localization_recall_and_fits_calibration(tiny_dataset, tiny_weights, capsys):
+    args = ["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", str(tiny_weights),
+            "--cache", str(tiny_weights / "cache")]
+    assert main(args + ["--json", "--fit-calibration"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["localization_recall"]) == {"1", "5", "10"}
+    assert set(report["localization_recall"]["1"]) == {"5", "10", "15"}
+    rec = report["localization_recall"]
+    assert rec["1"]["5"] <= rec["5"]["5"] <= rec["10"]["5"] and rec["1"]["5"] <= rec["1"]["10"] <= rec["1"]["15"]
+    cal = report["calibration"]
+    assert {"within_1sigma", "within_2sigma", "nll"} <= set(cal) and cal["fitted_on"].startswith("val")
+    assert abs(cal["within_2sigma"] - 0.865) < 0.2
+    saved = json.loads((tiny_weights / CALIBRATION_FILE).read_text())
+    assert saved["scale"] == cal["scale"]
+    (tiny_weights / CALIBRATION_FILE).unlink()
+    assert main(["eval", "--data", str(tiny_dataset), "--split", "test", "--weights", str(tiny_weights),
+                 "--fit-calibration"]) == 2
+    assert "--split val" in capsys.readouterr().err
