@@ -104,3 +104,13 @@ def test_eval_reports_localization_recall_and_fits_calibration(tiny_dataset, tin
     assert main(["eval", "--data", str(tiny_dataset), "--split", "test", "--weights", str(tiny_weights),
                  "--fit-calibration"]) == 2
     assert "--split val" in capsys.readouterr().err
+
+
+def test_eval_show_draws_the_queries(tiny_dataset, tiny_weights, tmp_path, capsys):
+    out = tmp_path / "pictures"
+    assert main(["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", str(tiny_weights),
+                 "--cache", str(tiny_weights / "cache"), "--show", "2", "--out", str(out)]) == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 3 and "overview.png" in pngs
+    assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert "pictures:" in capsys.readouterr().out

@@ -7,14 +7,23 @@ import json
 def add_eval_command(commands) -> None:
     p = commands.add_parser("eval", help="evaluate on a split or on a file of queries",
                             description="The papers' protocol: retrieval recall@1/3/5 of the ground-truth "
-                                        "cell among all cells of the split.")
+                                        "cell among all cells of the split and, with fine weights, "
+                                        "localization recall (k = 1/5/10 within 5/10/15 m) and the "
+                                        "calibration of the published covariance.")
     p.add_argument("--data", required=True, metavar="DIR", help="KITTI360Pose folder")
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--weights", default=["models"], nargs="+", metavar="DIR",
-                   help="folder(s) with pointnet.* and coarse.*; several give one report each (a JSON list)")
+                   help="folder(s) with pointnet.*, coarse.* and (for localization) fine.*; several give one "
+                        "report each (a JSON list)")
+    p.add_argument("--fit-calibration", action="store_true",
+                   help="fit the covariance calibration on these queries (use --split val) and write "
+                        "WEIGHTS/calibration.json")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="draw recall@k against k for each --weights")
     p.add_argument("--queries", default=None, metavar="FILE.jsonl",
                    help='queries {"text", "scene", "pose_w"} to evaluate against the split\'s gallery')
+    p.add_argument("--show", type=int, default=0, metavar="N",
+                   help="draw N queries (map, top-k cells, prediction with its ellipses, ground truth)")
+    p.add_argument("--out", default="out/eval", metavar="DIR", help="folder of the --show pictures")
     p.add_argument("--cache", default=None, metavar="DIR")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -26,12 +35,17 @@ def _run_eval(args) -> int:
     from ..evaluation.evaluate import evaluate, format_report
 
     reports = [evaluate(args.data, args.split, w, args.queries, cache=args.cache, device=args.device,
-                        progress=not (args.quiet or args.json)) for w in args.weights]
+                        progress=not (args.quiet or args.json), fit_calibration=args.fit_calibration,
+                        show=args.show, show_dir=args.out)
+               for w in args.weights]
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports))
     else:
         print("\n".join(f"{w}\n{format_report(r)}" if len(reports) > 1 else format_report(r)
                         for w, r in zip(args.weights, reports)))
+    for r in reports:
+        if r.get("pictures") and not args.json:
+            print(f"pictures: {r['pictures'][-1]} and {len(r['pictures']) - 1} more in {args.out}")
     if args.plot:
         from ..evaluation.plots import plot_recall_curves
 

@@ -73,13 +73,14 @@ def best_cell_ids(queries: List[Query], cells) -> List[str]:
 
 def evaluate(data: str, split: str, weights: str = "models", queries_file: Optional[str] = None,
              cache: Optional[str] = None, device: str = "auto", progress: bool = True,
-             fit_calibration: bool = False) -> dict:
+             fit_calibration: bool = False, show: int = 0, show_dir: Optional[str] = None) -> dict:
     """The evaluation report (the JSON of ``spatialoc eval --json``).
 
     With fine weights in ``weights`` the whole pipeline runs (retrieval and
     localization recall, calibration); with coarse weights only, retrieval.
     ``fit_calibration`` fits the covariance calibration on these queries and
     writes it to ``weights/calibration.json`` (do it on the validation split).
+    ``show`` draws that many queries (a fixed random sample) into ``show_dir``.
     """
     from ..data.kitti360pose import load_split
 
@@ -97,9 +98,10 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
         raise SpatialocError("--fit-calibration fits on validation data: use --split val")
     report = {"split": split, "num_queries": len(queries), "weights": str(weights)}
     if (Path(weights) / "fine.safetensors").exists():
-        report.update(_pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit_calibration))
-    elif fit_calibration:
-        raise SpatialocError(f"{weights}: no fine.safetensors, so there is no covariance to calibrate")
+        report.update(_pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit_calibration,
+                                show, show_dir))
+    elif fit_calibration or show:
+        raise SpatialocError(f"{weights}: no fine.safetensors, so there is no position to calibrate or draw")
     else:
         report.update(_retrieval(data, split, data_split, weights, queries, gt, cache, device, progress))
     return report
@@ -123,7 +125,7 @@ def _retrieval(data, split, data_split, weights, queries, gt, cache, device, pro
             "score_terms": list(stage.score_terms)}
 
 
-def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit) -> dict:
+def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit, show=0, show_dir=None) -> dict:
     """Coarse + fine: retrieval and localization recall, calibration of the published covariance."""
     import torch
     from tqdm import tqdm
@@ -167,7 +169,27 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     out["calibration"] = calibration_report(truth - positions[:, 0], cov)
     out["calibration"].update(loc.calibration.to_dict())
     out["top1_error_m"] = {"median": float(errors[:, 0].clamp(max=1e9).median())}
+    if show:
+        out["pictures"] = _draw(loc, queries, show, show_dir or "out/eval")
     return out
+
+
+def _draw(loc, queries, count: int, folder: str) -> List[str]:
+    """One picture per query of a fixed random sample, and one of all of them together."""
+    from .pictures import Shown, draw_localizations
+
+    rng = np.random.default_rng(0)
+    picked = sorted(rng.choice(len(queries), min(count, len(queries)), replace=False).tolist())
+    shown = [Shown(loc.localize(" ".join(queries[i].hints)), queries[i].pose_w[:2], f"#{i}") for i in picked]
+    paths = [draw_localizations([s], loc.map.cells_by_id, Path(folder) / f"query_{i:05d}.png")
+             for i, s in zip(picked, shown)]
+    by_scene = {}
+    for s in shown:
+        by_scene.setdefault(s.result.best.scene, []).append(s)
+    scene, group = max(by_scene.items(), key=lambda kv: len(kv[1]))
+    paths.append(draw_localizations(group, loc.map.cells_by_id, Path(folder) / "overview.png",
+                                    title=f"{len(group)} queries of scene {scene}"))
+    return [str(p) for p in paths]
 
 
 def format_report(report: dict) -> str:
