@@ -97,3 +97,19 @@ def test_gallery_is_encoded_once_per_weights_and_map(tmp_path, monkeypatch):
     assert gallery_key(weights, "x") != gallery_key(weights, "y")
     load_or_encode_gallery(None, bank, None, weights, "bank-key")  # no cache folder: always encodes
     assert len(calls) == 4
+
+
+def test_cache_moves_to_the_home_folder_when_the_dataset_is_read_only(tmp_path, monkeypatch):
+    import os
+
+    from spatialoc_ros.training.frozen_inputs import cache_dir
+
+    data = tmp_path / "dataset"
+    data.mkdir()
+    assert cache_dir(data) == data / ".spatialoc_cache"
+    (data / ".spatialoc_cache").rmdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    moved = cache_dir(data)
+    assert moved.is_dir() and str(moved).startswith(str(tmp_path / "home" / ".cache" / "spatialoc_ros"))
+    assert cache_dir(data, tmp_path / "explicit") == tmp_path / "explicit"

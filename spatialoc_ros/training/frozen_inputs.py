@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
@@ -36,8 +37,19 @@ def load_pointnet(stem: str, device="cpu"):
 
 
 def cache_dir(data, cache=None) -> Path:
-    """Where frozen inputs are cached: ``cache``, or ``DATA/.spatialoc_cache``."""
-    path = Path(cache) if cache else Path(data) / ".spatialoc_cache"
+    """Where frozen inputs are cached: ``cache``, or ``DATA/.spatialoc_cache``.
+
+    When the dataset folder cannot be written (a read-only copy of the real
+    dataset, say), the default moves to ``~/.cache/spatialoc_ros/<digest of
+    the folder's absolute path>``.
+    """
+    if cache:
+        path = Path(cache)
+    else:
+        path = Path(data) / ".spatialoc_cache"
+        if not path.is_dir() and not os.access(Path(data), os.W_OK):
+            digest = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:16]
+            path = Path.home() / ".cache" / "spatialoc_ros" / digest
     path.mkdir(parents=True, exist_ok=True)
     return path
 
