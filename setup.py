@@ -37,6 +37,7 @@ setup(
     entry_points={
         "console_scripts": [
             "spatialoc = spatialoc_ros.cli:main",
+            "spatialoc-localizer = spatialoc_ros.ros.main:main",
         ],
     },
     zip_safe=False,

@@ -147,6 +147,9 @@ class Localizer:
         scenes = list(scenes) if scenes else available_scenes(map_dir)
         if not scenes:
             raise SpatialocError(f"{map_dir}: no scene with both a cells and a poses file")
+        for name in ("pointnet", "coarse", "fine"):  # before any slow work: say what is missing
+            if not (Path(weights) / f"{name}.safetensors").exists():
+                raise SpatialocError(f"{Path(weights) / name}.safetensors: no {name} weights in {weights}")
         self.device = pick_device(device)
         self.map = load_split(map_dir, scenes)
         self.weights = Path(weights)

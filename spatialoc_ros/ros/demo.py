@@ -1,0 +1,256 @@
+"""``make demo``: the localizer node in its own process, queried over DDS as a speech-to-text node would.
+
+1. Start ``spatialoc-localizer`` on the demo map (its own process, its own DDS
+   domain, discovery limited to this host) with the shipped weights, sentences
+   accumulated across messages.
+2. From this process, publish held-out descriptions of the map on ``query``:
+   most as one message each, one as several utterances (two sentences per
+   message, like a speech-to-text node that publishes per pause).
+3. For each answer print the text, the best position ± 1 sigma, the ground
+   truth, the error in metres and the latency from the last utterance to the
+   pose; draw all of them on the map (prediction, 1- and 2-sigma ellipses,
+   ground truth) into a PNG.
+
+Exit status 1 if the node did not answer every query, 2 if it did not start.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+NODE = "spatialoc_localizer"
+NAMESPACE = "/spatialoc"
+
+
+@dataclass
+class _Hyp:
+    rank: int
+    cell_id: str
+    position: np.ndarray
+
+
+@dataclass
+class Answer:
+    """What came back for one query, shaped like the parts of ``inference.Localization`` that are drawn."""
+
+    text: str
+    hints: List[str]
+    hypotheses: List[_Hyp]
+    covariance_xy: np.ndarray
+    status: int
+    reason: str
+    latency_ms: float  # from the last utterance sent to the pose received
+    node_latency_ms: float  # inside the node
+
+    @property
+    def best(self) -> _Hyp:
+        return self.hypotheses[0]
+
+    @property
+    def sigma_m(self) -> float:
+        return float(np.sqrt(np.linalg.eigvalsh(self.covariance_xy).max()))
+
+
+def pick_queries(map_dir: str, scene: Optional[str], count: int, seed: int):
+    """``count`` poses of the map (one scene), spread over it, with their texts and true positions."""
+    from ..data.kitti360pose import available_scenes, load_scene
+
+    scenes = [scene] if scene else available_scenes(map_dir)
+    data = load_scene(map_dir, scenes[0])
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(data.poses), min(count, len(data.poses)), replace=False).tolist())
+    return scenes[0], [data.poses[i] for i in picked]
+
+
+def utterances(text: str, split: bool) -> List[str]:
+    """The messages a speech-to-text node would send: the whole text, or two sentences at a time."""
+    from ..networks.text_encoder import split_sentences
+
+    if not split:
+        return [text]
+    sentences = split_sentences(text)
+    return [" ".join(sentences[i:i + 2]) for i in range(0, len(sentences), 2)]
+
+
+def start_node(map_dir, weights, scene, params_file, env, log_path) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("spatialoc-localizer")
+    cmd = [str(exe), "--ros-args", "--params-file", str(params_file),
+           "-p", f"map_path:={map_dir}", "-p", f"weights_dir:={weights}", "-p", f"scenes:=['{scene}']",
+           "-p", "accumulate:=true", "-p", "silence_timeout_s:=1.5", "-p", "max_hints:=6",
+           "-r", f"__ns:={NAMESPACE}"]
+    log = open(log_path, "w")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+class Client:
+    """The speech-to-text side: publishes utterances, collects results and poses."""
+
+    def __init__(self):
+        import rclpy
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from std_msgs.msg import String
+
+        from spatialoc_ros.msg import LocalizationResult
+
+        rclpy.init()
+        self.rclpy = rclpy
+        self.node = rclpy.create_node("speech_to_text_demo", namespace=NAMESPACE)
+        latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pub = self.node.create_publisher(String, "query", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.results: List = []
+        self.poses: Dict[tuple, object] = {}
+        self.node.create_subscription(LocalizationResult, "result", self.results.append, latched)
+        self.node.create_subscription(PoseWithCovarianceStamped, "pose",
+                                      lambda m: self.poses.__setitem__(_stamp(m.header), (m, time.monotonic())),
+                                      latched)
+        self.String = String
+
+    def spin_until(self, done, timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.rclpy.spin_once(self.node, timeout_sec=0.05)
+            if done():
+                return True
+        return False
+
+    def wait_for_node(self, timeout_s: float) -> bool:
+        return self.spin_until(lambda: self.pub.get_subscription_count() > 0, timeout_s)
+
+    def ask(self, text: str, parts: List[str], timeout_s: float) -> Optional[Answer]:
+        seen = len(self.results)
+        for i, part in enumerate(parts):
+            if i:
+                self.spin_until(lambda: False, 0.4)  # a short pause between utterances
+            self.pub.publish(self.String(data=part))
+        sent = time.monotonic()
+        if not self.spin_until(lambda: len(self.results) > seen, timeout_s):
+            return None
+        res = self.results[seen]
+        got = self.poses.get(_stamp(res.header))
+        if got is None:
+            self.spin_until(lambda: _stamp(res.header) in self.poses, 2.0)
+            got = self.poses.get(_stamp(res.header))
+        hyps = [_Hyp(h.rank, h.cell_id, np.array([h.pose.pose.position.x, h.pose.pose.position.y,
+                                                   h.pose.pose.position.z])) for h in res.hypotheses]
+        cov = np.eye(2)
+        latency = float("nan")
+        if got is not None:
+            pose, received = got
+            c = np.asarray(pose.pose.covariance).reshape(6, 6)
+            cov = c[:2, :2].copy()
+            latency = 1e3 * (received - sent)
+        from ..networks.text_encoder import split_sentences
+
+        return Answer(res.query, split_sentences(res.query), hyps, cov, res.status, res.reason, latency,
+                      res.latency_ms)
+
+    def close(self):
+        self.node.destroy_node()
+        self.rclpy.shutdown()
+
+
+def _stamp(header) -> tuple:
+    return header.stamp.sec, header.stamp.nanosec
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="spatialoc-demo", description=__doc__.split("\n")[0])
+    p.add_argument("--map", default="data/demo_map")
+    p.add_argument("--scene", default="2013_05_28_drive_0010_sync")
+    p.add_argument("--weights", default="models")
+    p.add_argument("--params-file", default="config/localize.yaml")
+    p.add_argument("--queries", type=int, default=6)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", default="out/demo_localization.png")
+    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds for the node to become active")
+    args = p.parse_args(argv)
+
+    scene, poses = pick_queries(args.map, args.scene, args.queries, args.seed)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(random.Random().randint(100, 200)),
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    log_path = Path(args.out).with_suffix(".node.log")
+    print(f"starting the localizer node (map {args.map}, scene {scene}, weights {args.weights}); "
+          f"its log: {log_path}")
+    node = start_node(args.map, args.weights, scene, args.params_file, env, log_path)
+    client = Client()
+    answers: List[Optional[Answer]] = []
+    try:
+        # the node answers only once active: a first query doubles as the readiness probe
+        if not client.wait_for_node(60.0):
+            print("the node did not subscribe to its query topic", file=sys.stderr)
+            return 2
+        started = time.monotonic()
+        while True:
+            probe = client.ask(poses[0].text, [poses[0].text], 10.0)
+            if probe is not None and probe.status != 5:  # 5 = NOT_READY
+                break
+            if node.poll() is not None or time.monotonic() - started > args.startup_timeout:
+                print(f"the node did not become active; see {log_path}", file=sys.stderr)
+                return 2
+        print(f"node active after {time.monotonic() - started:.1f} s\n")
+        for i, pose in enumerate(poses):
+            split = i == 1
+            parts = utterances(pose.text, split)
+            ans = client.ask(pose.text, parts, 60.0)
+            answers.append(ans)
+            _print(i, pose, parts, ans)
+    finally:
+        client.close()
+        node.terminate()
+        try:
+            node.wait(10)
+        except subprocess.TimeoutExpired:
+            node.kill()
+    ok = [a for a in answers if a is not None and a.status in (0, 1)]
+    if ok:
+        _draw(args.map, scene, poses, answers, args.out)
+        errs = [np.linalg.norm(a.best.position[:2] - p.pose_w[:2]) for a, p in zip(answers, poses) if a in ok]
+        lat = [a.latency_ms for a in ok]
+        print(f"\n{len(ok)}/{len(poses)} queries answered; median error {np.median(errs):.1f} m; median "
+              f"latency query-to-pose {np.median(lat):.0f} ms over DDS")
+        print(f"picture: {args.out}")
+    return 0 if len(ok) == len(poses) else 1
+
+
+def _print(i, pose, parts, ans: Optional[Answer]) -> None:
+    how = f"as {len(parts)} utterances" if len(parts) > 1 else "as one message"
+    print(f"[{i + 1}] {pose.text}  ({how})")
+    if ans is None:
+        print("    no answer")
+        return
+    truth = pose.pose_w[:2]
+    best = ans.best.position
+    err = float(np.linalg.norm(best[:2] - truth))
+    print(f"    pose  x {best[0]:8.1f}  y {best[1]:8.1f}  ± {ans.sigma_m:.1f} m (1 sigma)   "
+          f"truth x {truth[0]:8.1f}  y {truth[1]:8.1f}   error {err:.1f} m   "
+          f"latency {ans.latency_ms:.0f} ms (node {ans.node_latency_ms:.0f} ms)"
+          + ("" if ans.status == 0 else f"   [{ans.reason}]"))
+
+
+def _draw(map_dir, scene, poses, answers, out) -> None:
+    from ..data.kitti360pose import load_scene
+    from ..evaluation.pictures import Shown, draw_localizations
+
+    cells = {c.id: c for c in load_scene(map_dir, scene).cells}
+    shown = [Shown(a, p.pose_w[:2], f"{i + 1}") for i, (a, p) in enumerate(zip(answers, poses))
+             if a is not None and a.hypotheses]
+    draw_localizations(shown, cells, out, title=f"{len(shown)} spoken queries, scene {scene}: prediction "
+                                                f"(1σ, 2σ ellipses) and ground truth")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
