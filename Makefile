@@ -108,7 +108,8 @@ $(STAMPS)/msgs: CMakeLists.txt package.xml $(MSG_FILES) $(STAMPS)/requirements
 test: install
 	$(VPY) -m pytest test -q -p no:cacheprovider
 
-# The synthetic map is generated once; .complete marks a finished run.
+# The main job: the localizer node in its own process on the demo map (generated once;
+# .complete marks a finished run), queried over DDS by a speech-to-text stand-in.
 demo: install
 	@if [ ! -f $(DEMO_MAP)/.complete ]; then \
 	  rm -rf $(DEMO_MAP); \
@@ -116,10 +117,9 @@ demo: install
 	  $(SPATIALOC) data synth --preset small --seed 0 --out $(DEMO_MAP); \
 	  touch $(DEMO_MAP)/.complete; \
 	fi
-	$(SPATIALOC) data stats $(DEMO_MAP)
 	@mkdir -p out
-	$(SPATIALOC) data show $(DEMO_MAP) --scene $(DEMO_SCENE) --out out/demo_map.png
-	@echo "picture: out/demo_map.png"
+	$(VPY) -m spatialoc_ros.ros.demo --map $(DEMO_MAP) --scene $(DEMO_SCENE) --weights models \
+	  --params-file config/localize.yaml --out out/demo_localization.png
 
 clean:
 	rm -rf build $(STAMPS)/msgs

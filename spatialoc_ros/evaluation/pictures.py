@@ -64,16 +64,18 @@ def draw_localizations(shown: Sequence[Shown], cells_by_id: Dict[str, Cell], out
     classes = _draw_points(ax, *world_points(near, np.random.default_rng(seed), max_points=60_000))
     for s in shown:
         res = s.result
-        k = len(res.hypotheses)
-        for h in reversed(res.hypotheses):
+        hyps = res.hypotheses if len(shown) == 1 else res.hypotheses[:1]  # many queries: best cells only
+        k = len(hyps)
+        for h in reversed(hyps):
             x0, y0, _, x1, y1, _ = cells_by_id[h.cell_id].bbox_w
             shade = 0.25 + 0.6 * h.rank / max(1, k - 1)
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.6 if h.rank == 0 else 0.7,
                                    ec=(shade, shade, 1.0) if h.rank else "blue", zorder=3))
         best = res.best.position[:2]
-        for sigma, alpha in ((1.0, 0.35), (2.0, 0.15)):
+        for sigma, alpha, style in ((1.0, 0.3, "-"), (2.0, 0.0, "--")):
             w, hgt, ang = ellipse_axes(res.covariance_xy, sigma)
-            ax.add_patch(Ellipse(best, w, hgt, angle=ang, fc=(1, 0.5, 0, alpha), ec="darkorange", lw=0.8, zorder=6))
+            ax.add_patch(Ellipse(best, w, hgt, angle=ang, fc=(1, 0.5, 0, alpha), ec="darkorange", lw=0.9,
+                                 ls=style, zorder=6))
         ax.plot(*best, marker="o", ms=6, mfc="darkorange", mec="black", zorder=8)
         if s.truth_xy is not None:
             ax.plot(*s.truth_xy[:2], marker="*", ms=11, mfc="lime", mec="black", zorder=8)
@@ -87,7 +89,7 @@ def draw_localizations(shown: Sequence[Shown], cells_by_id: Dict[str, Cell], out
             ax.plot(cx, cy, marker="o", ms=14, mfc="none", mec=_class_color(obj.label), mew=2.0, zorder=5)
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
-    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel("x (m, east)")
     ax.set_ylabel("y (m, north)")
     ax.set_title(title or (_wrap(shown[0].result.text) if len(shown) == 1 else f"{len(shown)} queries"), fontsize=9)
@@ -95,6 +97,7 @@ def draw_localizations(shown: Sequence[Shown], cells_by_id: Dict[str, Cell], out
         Line2D([], [], ls="", marker="o", ms=6, mfc="darkorange", mec="black", label="prediction (1σ, 2σ)"),
         Line2D([], [], ls="", marker="*", ms=10, mfc="lime", mec="black", label="ground truth"),
         Line2D([], [], color="blue", lw=1.5, label="top-k cells (best darkest)")]
+    handles[-3].set_label("prediction (1σ filled, 2σ dashed)")
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.savefig(out, bbox_inches="tight")
     return out

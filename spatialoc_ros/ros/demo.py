@@ -29,6 +29,7 @@ import numpy as np
 
 NODE = "spatialoc_localizer"
 NAMESPACE = "/spatialoc"
+PROBE = "The pose is north of a gray building."  # asked until the node answers it (it is then active)
 
 
 @dataclass
@@ -128,15 +129,21 @@ class Client:
         return self.spin_until(lambda: self.pub.get_subscription_count() > 0, timeout_s)
 
     def ask(self, text: str, parts: List[str], timeout_s: float) -> Optional[Answer]:
+        """Send the utterances; the answer is the first new result for this text (whitespace aside)."""
         seen = len(self.results)
+        key = " ".join(text.split())
+
+        def answer():
+            return next((r for r in self.results[seen:] if " ".join(r.query.split()) == key), None)
+
         for i, part in enumerate(parts):
             if i:
                 self.spin_until(lambda: False, 0.4)  # a short pause between utterances
             self.pub.publish(self.String(data=part))
         sent = time.monotonic()
-        if not self.spin_until(lambda: len(self.results) > seen, timeout_s):
+        if not self.spin_until(lambda: answer() is not None, timeout_s):
             return None
-        res = self.results[seen]
+        res = answer()
         got = self.poses.get(_stamp(res.header))
         if got is None:
             self.spin_until(lambda: _stamp(res.header) in self.poses, 2.0)
@@ -174,10 +181,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", default="out/demo_localization.png")
     p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds for the node to become active")
+    p.add_argument("--domain-id", type=int, default=None,
+                   help="DDS domain of the demo (default: a random one in 100-200, away from a robot's)")
     args = p.parse_args(argv)
 
     scene, poses = pick_queries(args.map, args.scene, args.queries, args.seed)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.Random().randint(100, 200)),
+    domain = args.domain_id if args.domain_id is not None else random.Random().randint(100, 200)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain),
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     env.pop("ROS_LOCALHOST_ONLY", None)
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
@@ -195,9 +205,10 @@ def main(argv=None) -> int:
             return 2
         started = time.monotonic()
         while True:
-            probe = client.ask(poses[0].text, [poses[0].text], 10.0)
+            probe = client.ask(PROBE, [PROBE], 10.0)
             if probe is not None and probe.status != 5:  # 5 = NOT_READY
                 break
+            client.spin_until(lambda: False, 1.0)
             if node.poll() is not None or time.monotonic() - started > args.startup_timeout:
                 print(f"the node did not become active; see {log_path}", file=sys.stderr)
                 return 2
@@ -215,11 +226,11 @@ def main(argv=None) -> int:
             node.wait(10)
         except subprocess.TimeoutExpired:
             node.kill()
-    ok = [a for a in answers if a is not None and a.status in (0, 1)]
+    ok = [i for i, a in enumerate(answers) if a is not None and a.status in (0, 1) and a.hypotheses]
     if ok:
         _draw(args.map, scene, poses, answers, args.out)
-        errs = [np.linalg.norm(a.best.position[:2] - p.pose_w[:2]) for a, p in zip(answers, poses) if a in ok]
-        lat = [a.latency_ms for a in ok]
+        errs = [np.linalg.norm(answers[i].best.position[:2] - poses[i].pose_w[:2]) for i in ok]
+        lat = [answers[i].latency_ms for i in ok]
         print(f"\n{len(ok)}/{len(poses)} queries answered; median error {np.median(errs):.1f} m; median "
               f"latency query-to-pose {np.median(lat):.0f} ms over DDS")
         print(f"picture: {args.out}")
