@@ -135,6 +135,7 @@ class Localizer:
                  max_hints: int = DEFAULT_MAX_HINTS, progress: bool = False):
         from .data.ground import GroundHeights
         from .data.kitti360pose import available_scenes, load_split
+        from .data.show import resolve_scene
         from .evaluation.loading import load_coarse_stage
         from .evaluation.retrieval import GalleryScorer
         from .networks.text_encoder import FrozenTextEncoder
@@ -144,7 +145,8 @@ class Localizer:
         start = time.perf_counter()
         if not Path(map_dir).is_dir():
             raise SpatialocError(f"{map_dir}: no such map folder")
-        scenes = list(scenes) if scenes else available_scenes(map_dir)
+        available = available_scenes(map_dir)
+        scenes = [resolve_scene(s, available) for s in scenes] if scenes else available
         if not scenes:
             raise SpatialocError(f"{map_dir}: no scene with both a cells and a poses file")
         for name in ("pointnet", "coarse", "fine"):  # before any slow work: say what is missing

@@ -64,7 +64,7 @@ def test_bad_text_is_refused_and_unknown_words_widen_the_ellipse(localizer, tiny
 
 
 def test_localize_cli_json_and_one_line_errors(tiny_dataset, tiny_weights, capsys):
-    args = ["localize", "--map", str(tiny_dataset), "--weights", str(tiny_weights), "--scenes", VAL_SCENE,
+    args = ["localize", "--map", str(tiny_dataset), "--weights", str(tiny_weights), "--scenes", "0010",
             "--cache", str(tiny_weights / "cache"), "--top-k", "3"]
     assert main(args + ["--text", GOOD, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
