@@ -28,7 +28,7 @@ import torch
 from ..errors import SpatialocError
 from ..networks.coarse import CoarseConfig, CoarseModel
 from .losses import coarse_loss
-from .queries import augment, flip_sentence, pose_hints, size_grouped_batches
+from .queries import augment, flip_sentence, size_grouped_batches
 from .text_batches import text_batch
 
 LOSS_TERMS = ("is", "io", "global")
@@ -115,10 +115,9 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
     """Train, validate every epoch, keep the best; returns the best metrics."""
     from tqdm import tqdm
 
-    from ..data.kitti360pose import load_split
     from ..evaluation.coarse_eval import encode_gallery, encode_queries, rank_cells, retrieval_metrics
     from ..networks.checkpoint import save_checkpoint
-    from .frozen_inputs import cache_dir, load_banks, load_text_cache
+    from .run_data import load_run_data, standardise_counts
 
     unknown = set(cfg.losses) - set(LOSS_TERMS)
     if unknown or not cfg.losses:
@@ -132,21 +131,10 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
-    train_hints = [pose_hints(p) for p in train.poses]
-    val_hints = [pose_hints(p) for p in val.poses]
-    train_ids = np.arange(len(train.poses))
-    if cfg.max_train_queries:
-        train_ids = np.sort(rng.choice(train_ids, min(cfg.max_train_queries, len(train_ids)), replace=False))
-    val_ids = np.arange(len(val.poses))
-    if cfg.max_val_queries:
-        val_ids = np.sort(rng.choice(val_ids, min(cfg.max_val_queries, len(val_ids)), replace=False))
-    root = cache_dir(cfg.data, cfg.cache)
-    # the bank always holds every training cell, so runs on different query subsets share one cache
-    banks, pointnet_info = load_banks(root, cfg.pointnet, {"train": train.cells, "val": val.cells},
-                                      cfg.model.max_objects, cfg.seed, progress)
-    cache = load_text_cache(root, cfg.text_encoder,
-                            _sentences_with_flips(train_hints) + sorted({s for h in val_hints for s in h}))
+    run = load_run_data(cfg.data, cfg.cache, cfg.pointnet, cfg.text_encoder, cfg.model.max_objects, cfg.seed, rng,
+                        cfg.max_train_queries, cfg.max_val_queries, _sentences_with_flips, progress)
+    train, val, train_hints, val_hints = run.train, run.val, run.train_hints, run.val_hints
+    train_ids, val_ids, banks, pointnet_info, cache = run.train_ids, run.val_ids, run.banks, run.pointnet_info, run.text
     cfg.model.token_dim = cache.hidden_size
     _copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for `spatialoc eval`
     train_rows = np.zeros(len(train.poses), dtype=np.int64)
@@ -155,10 +143,7 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
     sizes = banks["train"].mask.sum(1).numpy()[train_rows]
 
     model = CoarseModel(cfg.model)
-    # the point-count stream is standardised with the training objects' own statistics
-    counts = banks["train"].counts[banks["train"].mask].float()
-    model.objects.count_mean.fill_(float(counts.mean()))
-    model.objects.count_std.fill_(float(counts.std()))
+    standardise_counts(model, banks["train"])  # the point-count stream, with the training objects' statistics
     model = model.to(device)
     ddp = dist.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)

@@ -36,7 +36,7 @@ from ..errors import SpatialocError
 from ..networks.ugfl import FineConfig, FineModel
 from .coarse_trainer import _copy_pointnet, _Distributed, pick_device
 from .fine_losses import fine_loss
-from .queries import augment, pose_hints, size_grouped_batches
+from .queries import augment, size_grouped_batches
 from .text_batches import text_batch
 
 RECALL_THRESHOLDS_M = (5, 10, 15)  # spec §9.4
@@ -208,9 +208,8 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
     """Train, validate every epoch, keep the best; returns the run's state (best, history)."""
     from tqdm import tqdm
 
-    from ..data.kitti360pose import load_split
     from ..networks.checkpoint import save_checkpoint
-    from .frozen_inputs import cache_dir, load_banks, load_text_cache
+    from .run_data import load_run_data, standardise_counts
 
     cfg.check()
     torch.manual_seed(cfg.seed)
@@ -220,20 +219,10 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
-    train_hints = [pose_hints(p) for p in train.poses]
-    val_hints = [pose_hints(p) for p in val.poses]
-    train_ids = np.arange(len(train.poses))
-    if cfg.max_train_queries:
-        train_ids = np.sort(rng.choice(train_ids, min(cfg.max_train_queries, len(train_ids)), replace=False))
-    val_ids = np.arange(len(val.poses))
-    if cfg.max_val_queries:
-        val_ids = np.sort(rng.choice(val_ids, min(cfg.max_val_queries, len(val_ids)), replace=False))
-    root = cache_dir(cfg.data, cfg.cache)
-    # the coarse trainer's banks (every training cell, 28 slots, the run's seed): one shared cache file
-    banks, pointnet_info = load_banks(root, cfg.pointnet, {"train": train.cells, "val": val.cells},
-                                      cfg.model.max_objects, cfg.seed, progress)
-    cache = load_text_cache(root, cfg.text_encoder, sorted({s for h in train_hints + val_hints for s in h}))
+    run = load_run_data(cfg.data, cfg.cache, cfg.pointnet, cfg.text_encoder, cfg.model.max_objects, cfg.seed, rng,
+                        cfg.max_train_queries, cfg.max_val_queries, progress=progress)
+    train, val, train_hints, val_hints = run.train, run.val, run.train_hints, run.val_hints
+    train_ids, val_ids, banks, pointnet_info, cache = run.train_ids, run.val_ids, run.banks, run.pointnet_info, run.text
     cfg.model.token_dim = cache.hidden_size
     cfg.model.point_dim = int(banks["train"].point_features.shape[-1])
     _copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for inference
@@ -249,9 +238,7 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
     pmc = NeighbourCells(train, cfg.pmc_threshold) if cfg.pmc_prob > 0 else None
 
     model = FineModel(cfg.model)
-    counts = banks["train"].counts[banks["train"].mask].float()
-    model.objects.count_mean.fill_(float(counts.mean()))
-    model.objects.count_std.fill_(float(counts.std()))
+    standardise_counts(model, banks["train"])
     model = model.to(device)
     ddp = dist.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_at(1))
