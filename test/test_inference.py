@@ -1,5 +1,6 @@
 """The Localizer and `spatialoc localize` / `eval` / `bench` on a tiny map with briefly trained weights."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,22 @@ def test_eval_show_draws_the_queries(tiny_dataset, tiny_weights, tmp_path, capsy
     assert len(pngs) == 3 and "overview.png" in pngs
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert "pictures:" in capsys.readouterr().out
+
+
+def test_bench_reports_every_stage_and_the_latency_over_dds(tiny_dataset, tiny_weights, ros_env, tmp_path,
+                                                             capsys, monkeypatch):
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
+        monkeypatch.setenv(key, ros_env[key])
+    params = tmp_path / "params.yaml"
+    params.write_text((Path(__file__).resolve().parents[1] / "config" / "localize.yaml").read_text().replace(
+        'cache_dir: ""', f'cache_dir: "{tiny_weights / "cache"}"'))
+    monkeypatch.chdir(tmp_path)  # the node's log goes to out/ here
+    assert main(["bench", "--map", str(tiny_dataset), "--weights", str(tiny_weights), "--queries", "4",
+                 "--top-k", "3", "--device", "cpu", "--params-file", str(params), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["device"] == "cpu" and report["top_k"] == 3 and report["peak_rss_mb"] > 0
+    for key in ("end_to_end_ms", "text_ms", "coarse_ms", "fine_ms"):
+        assert report[key]["n"] == 4 and 0 < report[key]["median"] <= report[key]["p95"]
+    assert report["gallery_build_s"] > 0 and report["gallery_cells"] > 0
+    dds = report["dds_query_to_pose_ms"]
+    assert dds["n"] > 0 and dds["median"] > 0

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 DEFAULT_MAPS = ("data/demo_map", "data/benchmark")
+DDS_SCENE = "2013_05_28_drive_0010_sync"  # the validation scene: held out from training
 
 
 def add_bench_command(commands) -> None:
@@ -18,9 +19,14 @@ def add_bench_command(commands) -> None:
     p.add_argument("--weights", default="models", metavar="DIR")
     p.add_argument("--queries", type=int, default=100, metavar="N", help="held-out descriptions per map")
     p.add_argument("--top-k", type=int, default=10, metavar="K")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                   help="all: the CPU, and CUDA too when a GPU is present")
     p.add_argument("--rebuild", action="store_true",
                    help="also time building the benchmark's gallery from scratch (always done for other maps)")
+    p.add_argument("--no-dds", action="store_true",
+                   help="skip the query-to-pose latency over DDS (a localizer node process on the first map's "
+                        "validation scene 0010, queried from this process)")
+    p.add_argument("--params-file", default="config/localize.yaml", help="node parameters for the DDS measure")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_bench)
 
@@ -35,13 +41,17 @@ def _run_bench(args) -> int:
         raise SpatialocError("no map to measure: run `make demo` (bundled demo map) or pass --map DIR")
     if args.queries < 1 or args.top_k < 1:
         raise SpatialocError("--queries and --top-k must be at least 1")
+    import torch
+
+    devices = [args.device] if args.device != "all" else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     reports = []
-    for m in maps:
-        benchmark = Path(m).resolve() == Path("data/benchmark").resolve()
-        scenes = list(SPLITS["test"]) if benchmark else None
-        reports.append(bench_map(m, args.weights, scenes=scenes, queries=args.queries, top_k=args.top_k,
-                                 device=args.device, rebuild=args.rebuild or not benchmark,
-                                 progress=not args.json))
+    for device in devices:
+        for m in maps:
+            benchmark = Path(m).resolve() == Path("data/benchmark").resolve()
+            scenes = list(SPLITS["test"]) if benchmark else None
+            reports.append(bench_map(m, args.weights, scenes=scenes, queries=args.queries, top_k=args.top_k,
+                                     device=device, rebuild=args.rebuild or not benchmark,
+                                     progress=not args.json))
     result = {"device": reports[0]["device"], "maps": reports, "peak_rss_mb": peak_rss_mb()}
     # the first map's figures also at the top level (the documented JSON shape)
     for key in ("gallery_cells", "top_k", "end_to_end_ms", "text_ms", "coarse_ms", "fine_ms"):
@@ -49,9 +59,25 @@ def _run_bench(args) -> int:
     for key in ("gallery_build_s", "gallery_cells_per_s", "gallery_load_s"):
         if key in reports[0]:
             result[key] = reports[0][key]
+    val_scene = Path(maps[0]) / "cells" / f"{DDS_SCENE}.pkl"
+    if not args.no_dds and val_scene.is_file():
+        try:
+            from ..ros.demo import measure_dds_latency
+        except ImportError as exc:  # no rclpy here: the in-process figures stand alone
+            result["dds_query_to_pose_ms"] = {"skipped": f"ROS 2 is not importable ({exc})"}
+        else:
+            try:
+                result["dds_query_to_pose_ms"] = measure_dds_latency(maps[0], args.weights, DDS_SCENE,
+                                                                     args.params_file)
+            except RuntimeError as exc:
+                raise SpatialocError(str(exc)) from None
     if args.json:
         print(json.dumps(result))
     else:
         print("\n\n".join(format_bench(r) for r in reports))
         print(f"\npeak resident memory: {result['peak_rss_mb']:.0f} MB")
+        dds = result.get("dds_query_to_pose_ms", {})
+        if "median" in dds:
+            print(f"query to pose over DDS ({dds['map']}, scene {dds['scene']}, node in its own process): "
+                  f"median {dds['median']:.1f} ms, p95 {dds['p95']:.1f} ms over {dds['n']} queries")
     return 0

@@ -82,14 +82,79 @@ def utterances(text: str, split: bool) -> List[str]:
     return [" ".join(sentences[i:i + 2]) for i in range(0, len(sentences), 2)]
 
 
-def start_node(map_dir, weights, scene, params_file, env, log_path) -> subprocess.Popen:
+def start_node(map_dir, weights, scene, params_file, env, log_path, accumulate: bool = True) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("spatialoc-localizer")
     cmd = [str(exe), "--ros-args", "--params-file", str(params_file),
            "-p", f"map_path:={map_dir}", "-p", f"weights_dir:={weights}", "-p", f"scenes:=['{scene}']",
-           "-p", "accumulate:=true", "-p", "silence_timeout_s:=1.5", "-p", "max_hints:=6",
-           "-r", f"__ns:={NAMESPACE}"]
+           "-p", f"accumulate:={'true' if accumulate else 'false'}", "-p", "silence_timeout_s:=1.5",
+           "-p", "max_hints:=6", "-r", f"__ns:={NAMESPACE}"]
     log = open(log_path, "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+class NodeSession:
+    """A localizer node process and a client on a DDS domain of their own, the node made active.
+
+    ``with NodeSession(...) as (node, client, startup_s):``; raises RuntimeError (with the node
+    log's path) if the node does not subscribe or become active in time.
+    """
+
+    def __init__(self, map_dir, weights, scene, params_file, log_path, domain_id: Optional[int] = None,
+                 accumulate: bool = True, startup_timeout_s: float = 600.0):
+        self.args = (map_dir, weights, scene, params_file)
+        self.log_path, self.accumulate, self.timeout = Path(log_path), accumulate, startup_timeout_s
+        domain = domain_id if domain_id is not None else random.Random().randint(100, 200)
+        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+        self.env.pop("ROS_LOCALHOST_ONLY", None)
+
+    def __enter__(self):
+        os.environ.update({k: self.env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+        os.environ.pop("ROS_LOCALHOST_ONLY", None)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.node = start_node(*self.args, self.env, self.log_path, self.accumulate)
+        self.client = Client()
+        try:
+            if not self.client.wait_for_node(60.0):
+                raise RuntimeError(f"the node did not subscribe to its query topic; see {self.log_path}")
+            started = time.monotonic()
+            while True:  # the node answers NOT_READY (5) until it is active
+                probe = self.client.ask(PROBE, [PROBE], 10.0)
+                if probe is not None and probe.status != 5:
+                    break
+                self.client.spin_until(lambda: False, 1.0)
+                if self.node.poll() is not None or time.monotonic() - started > self.timeout:
+                    raise RuntimeError(f"the node did not become active; see {self.log_path}")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self.node, self.client, time.monotonic() - started
+
+    def __exit__(self, *exc):
+        self.client.close()
+        self.node.terminate()
+        try:
+            self.node.wait(10)
+        except subprocess.TimeoutExpired:
+            self.node.kill()
+        return False
+
+
+def measure_dds_latency(map_dir="data/demo_map", weights="models", scene="2013_05_28_drive_0010_sync",
+                        params_file="config/localize.yaml", queries: int = 30, seed: int = 0,
+                        log_path="out/bench_node.log") -> dict:
+    """Median and 95th percentile of query-to-pose latency over DDS (one message per query)."""
+    _, poses = pick_queries(map_dir, scene, queries, seed)
+    with NodeSession(map_dir, weights, scene, params_file, log_path, accumulate=False) as (_, client, startup):
+        latencies = []
+        for pose in poses:
+            ans = client.ask(pose.text, [pose.text], 60.0)
+            if ans is not None and np.isfinite(ans.latency_ms):
+                latencies.append(ans.latency_ms)
+    if not latencies:
+        raise RuntimeError(f"the node answered no query; see {log_path}")
+    v = np.asarray(latencies)
+    return {"median": float(np.median(v)), "p95": float(np.percentile(v, 95)), "n": int(len(v)),
+            "startup_s": startup, "map": str(map_dir), "scene": scene}
 
 
 class Client:
@@ -186,46 +251,22 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     scene, poses = pick_queries(args.map, args.scene, args.queries, args.seed)
-    domain = args.domain_id if args.domain_id is not None else random.Random().randint(100, 200)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain),
-               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    env.pop("ROS_LOCALHOST_ONLY", None)
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     log_path = Path(args.out).with_suffix(".node.log")
     print(f"starting the localizer node (map {args.map}, scene {scene}, weights {args.weights}); "
           f"its log: {log_path}")
-    node = start_node(args.map, args.weights, scene, args.params_file, env, log_path)
-    client = Client()
     answers: List[Optional[Answer]] = []
     try:
-        # the node answers only once active: a first query doubles as the readiness probe
-        if not client.wait_for_node(60.0):
-            print("the node did not subscribe to its query topic", file=sys.stderr)
-            return 2
-        started = time.monotonic()
-        while True:
-            probe = client.ask(PROBE, [PROBE], 10.0)
-            if probe is not None and probe.status != 5:  # 5 = NOT_READY
-                break
-            client.spin_until(lambda: False, 1.0)
-            if node.poll() is not None or time.monotonic() - started > args.startup_timeout:
-                print(f"the node did not become active; see {log_path}", file=sys.stderr)
-                return 2
-        print(f"node active after {time.monotonic() - started:.1f} s\n")
-        for i, pose in enumerate(poses):
-            split = i == 1
-            parts = utterances(pose.text, split)
-            ans = client.ask(pose.text, parts, 60.0)
-            answers.append(ans)
-            _print(i, pose, parts, ans)
-    finally:
-        client.close()
-        node.terminate()
-        try:
-            node.wait(10)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        with NodeSession(args.map, args.weights, scene, args.params_file, log_path, args.domain_id,
+                         startup_timeout_s=args.startup_timeout) as (_, client, startup):
+            print(f"node active after {startup:.1f} s\n")
+            for i, pose in enumerate(poses):
+                parts = utterances(pose.text, split=i == 1)
+                ans = client.ask(pose.text, parts, 60.0)
+                answers.append(ans)
+                _print(i, pose, parts, ans)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     ok = [i for i, a in enumerate(answers) if a is not None and a.status in (0, 1) and a.hypotheses]
     if ok:
         _draw(args.map, scene, poses, answers, args.out)
