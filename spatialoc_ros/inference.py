@@ -139,7 +139,7 @@ class Localizer:
         from .evaluation.loading import load_coarse_stage
         from .evaluation.retrieval import GalleryScorer
         from .networks.text_encoder import FrozenTextEncoder
-        from .training.coarse_trainer import pick_device
+        from .training.runtime import pick_device
         from .training.text_cache import TextCache
 
         start = time.perf_counter()

@@ -109,7 +109,7 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
 
 def _retrieval(data, split, data_split, weights, queries, gt, cache, device, progress) -> dict:
     """Coarse weights only: retrieval recall."""
-    from ..training.coarse_trainer import pick_device
+    from ..training.runtime import pick_device
     from .coarse_eval import encode_queries, rank_cells, retrieval_metrics
     from .loading import load_coarse_stage
 

@@ -15,11 +15,8 @@ features per cell (:mod:`.cell_bank`).
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -29,6 +26,7 @@ from ..errors import SpatialocError
 from ..networks.coarse import CoarseConfig, CoarseModel
 from .losses import coarse_loss
 from .queries import augment, flip_sentence, size_grouped_batches
+from .runtime import copy_pointnet, load_last, save_last, start_run
 from .text_batches import text_batch
 
 LOSS_TERMS = ("is", "io", "global")
@@ -62,48 +60,6 @@ class CoarseTrainConfig:
         return [names[t] for t in ("global", "io", "is") if t in self.losses]
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SpatialocError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
-class _Distributed:
-    """torchrun support: rank / world size from the environment, DDP when world > 1."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.device = device
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def wrap(self, model):
-        if self.world == 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-
-    def close(self):
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
 def _sentences_with_flips(hint_lists) -> List[str]:
     base = {s for h in hint_lists for s in h}
     flips = {flip_sentence(flip_sentence(s, 0), 1) for s in base}
@@ -124,19 +80,15 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
         raise SpatialocError(f"--losses must name some of {', '.join(LOSS_TERMS)}")
     if cfg.model.global_only and set(cfg.losses) != {"global"}:
         raise SpatialocError("the Global-only model trains the global loss alone (--losses global)")
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    dist = _Distributed(pick_device(cfg.device))
+    rng, dist, out = start_run(cfg.seed, cfg.device, cfg.out)
     device = dist.device
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     run = load_run_data(cfg.data, cfg.cache, cfg.pointnet, cfg.text_encoder, cfg.model.max_objects, cfg.seed, rng,
                         cfg.max_train_queries, cfg.max_val_queries, _sentences_with_flips, progress)
     train, val, train_hints, val_hints = run.train, run.val, run.train_hints, run.val_hints
     train_ids, val_ids, banks, pointnet_info, cache = run.train_ids, run.val_ids, run.banks, run.pointnet_info, run.text
     cfg.model.token_dim = cache.hidden_size
-    _copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for `spatialoc eval`
+    copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for `spatialoc eval`
     train_rows = np.zeros(len(train.poses), dtype=np.int64)
     train_rows[train_ids] = banks["train"].rows([train.poses[i].cell_id for i in train_ids]).numpy()
     val_gt = banks["val"].rows([p.cell_id for p in val.poses])
@@ -148,14 +100,11 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
     ddp = dist.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma)
-    state = {"epoch": 0, "best": -1.0, "history": []}
     last = out / "coarse_last.pt"
-    if last.exists():
-        saved = torch.load(last, weights_only=True, map_location="cpu")
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        state = json.loads(saved["state"])
+    state = load_last(last, model, opt, sched)
+    if state is None:
+        state = {"epoch": 0, "best": -1.0, "history": []}
+    else:
         rng = np.random.default_rng([cfg.seed, state["epoch"]])
         if dist.main:
             print(f"resuming after epoch {state['epoch']} (best val recall@{cfg.select} {state['best']:.3f})")
@@ -200,21 +149,9 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
         state["epoch"] = epoch
         state["history"].append(record)
         if dist.main:
-            tmp = last.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "state": json.dumps(state)}, tmp)
-            tmp.replace(last)
+            save_last(last, model, opt, state, sched)
     dist.close()
     return state
-
-
-def _copy_pointnet(stem: str, out: Path) -> None:
-    import shutil
-
-    for ext in (".safetensors", ".json"):
-        src, dst = Path(stem + ext), out / ("pointnet" + ext)
-        if not dst.exists() or not dst.samefile(src):
-            shutil.copyfile(src, dst)
 
 
 def _checkpoint_config(cfg: CoarseTrainConfig, record: dict, pointnet_info: dict) -> dict:

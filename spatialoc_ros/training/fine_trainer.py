@@ -23,10 +23,8 @@ coarse trainer, built with the same arguments, so both stages share one cache.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -34,9 +32,9 @@ import torch
 
 from ..errors import SpatialocError
 from ..networks.ugfl import FineConfig, FineModel
-from .coarse_trainer import _copy_pointnet, _Distributed, pick_device
 from .fine_losses import fine_loss
 from .queries import augment, size_grouped_batches
+from .runtime import copy_pointnet, load_last, save_last, start_run
 from .text_batches import text_batch
 
 RECALL_THRESHOLDS_M = (5, 10, 15)  # spec §9.4
@@ -212,12 +210,8 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
     from .run_data import load_run_data, standardise_counts
 
     cfg.check()
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    dist = _Distributed(pick_device(cfg.device))
+    rng, dist, out = start_run(cfg.seed, cfg.device, cfg.out)
     device = dist.device
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     run = load_run_data(cfg.data, cfg.cache, cfg.pointnet, cfg.text_encoder, cfg.model.max_objects, cfg.seed, rng,
                         cfg.max_train_queries, cfg.max_val_queries, progress=progress)
@@ -225,7 +219,7 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
     train_ids, val_ids, banks, pointnet_info, cache = run.train_ids, run.val_ids, run.banks, run.pointnet_info, run.text
     cfg.model.token_dim = cache.hidden_size
     cfg.model.point_dim = int(banks["train"].point_features.shape[-1])
-    _copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for inference
+    copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for inference
 
     train_row = {cid: i for i, cid in enumerate(banks["train"].ids)}
     gt_rows = np.array([train_row[p.cell_id] for p in train.poses], dtype=np.int64)
@@ -242,18 +236,16 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
     model = model.to(device)
     ddp = dist.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_at(1))
-    state = {"epoch": 0, "best": None, "history": [],
-             "centre_baseline": fine_metrics(np.zeros_like(val_targets), val_targets, val_sizes)}
     last = out / "fine_last.pt"
-    if last.exists():
-        saved = torch.load(last, weights_only=True, map_location="cpu")
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        state = json.loads(saved["state"])
+    state = load_last(last, model, opt)
+    if state is not None:
         rng = np.random.default_rng([cfg.seed, state["epoch"]])
         if dist.main:
             print(f"resuming after epoch {state['epoch']} (best val mean error {state['best']:.2f} m)")
-    elif dist.main:
+    else:
+        state = {"epoch": 0, "best": None, "history": [],
+                 "centre_baseline": fine_metrics(np.zeros_like(val_targets), val_targets, val_sizes)}
+    if state["epoch"] == 0 and dist.main:
         base = state["centre_baseline"]
         print(f"cell-centre baseline on val: mean error {base['mean_error_m']:.2f} m, "
               f"median {base['median_error_m']:.2f} m")
@@ -303,10 +295,7 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
         state["epoch"] = epoch
         state["history"].append(record)
         if dist.main:
-            tmp = last.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "state": json.dumps(state)}, tmp)
-            tmp.replace(last)
+            save_last(last, model, opt, state)
     dist.close()
     return state
 

@@ -35,23 +35,13 @@ from ..networks.checkpoint import (load_checkpoint, load_config, load_optimizer,
                                    save_optimizer)
 from ..networks.pointnet import PointNet2
 from .objects import NUM_POINTS, ObjectSet, gather_objects
+from .runtime import pick_device
 
 BEST, LAST, LAST_OPTIM = "pointnet", "pointnet_last", "pointnet_last_optim"
 MIN_LR_FRACTION = 0.05  # cosine schedule from lr down to lr * this
 EVAL_SEED = 12345  # fixed point samples, so that every epoch is measured on the same input
 # Settings that must not change when a run resumes (epochs may grow).
 RESUME_KEYS = ("data", "seed", "batch_size", "lr", "max_objects", "max_eval_objects", "num_points")
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise SpatialocError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpatialocError("--device cuda: no CUDA device is available to PyTorch")
-    return torch.device(device)
 
 
 def subset(n: int, max_n: Optional[int], rng: np.random.Generator) -> np.ndarray:
@@ -116,7 +106,7 @@ def train_pointnet(data_dir, out_dir, epochs: int = 20, batch_size: int = 64, lr
     if (max_objects is not None and max_objects < 2) or (max_eval_objects is not None and max_eval_objects < 1):
         raise SpatialocError(f"need max objects >= 2 and max eval objects >= 1 "
                              f"(got {max_objects}, {max_eval_objects})")
-    dev = resolve_device(device)
+    dev = pick_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"data": str(Path(data_dir).resolve()), "seed": seed, "epochs": epochs,
