@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 
 __all__ = ["Calibration", "hypothesis_variance", "mixture_covariance", "mixture_weights",
-           "published_covariance"]
+           "published_covariance", "sigma_radius_m"]
 
 MIN_VARIANCE_M2 = 1e-4  # keeps every published matrix positive definite
 MAX_VARIANCE_M2 = 1e8  # and within the ROS bound of 1e9 with room for the off-diagonal terms
@@ -52,6 +52,13 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
         return cls(float(d["scale"]), float(d["beta"]), str(d.get("fitted_on", "")))
+
+
+def sigma_radius_m(cov_xy) -> float:
+    """1-sigma radius of a 2x2 covariance: the square root of its largest eigenvalue."""
+    import numpy as np
+
+    return float(np.sqrt(np.linalg.eigvalsh(np.asarray(cov_xy, dtype=np.float64)).max()))
 
 
 def hypothesis_variance(precision: torch.Tensor, cell_size: torch.Tensor, scale: float) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .covariance import Calibration, hypothesis_variance, published_covariance
+from .covariance import Calibration, hypothesis_variance, published_covariance, sigma_radius_m
 from .errors import SpatialocError
 from .networks.outputs import CoarseOutputs
 from .query_text import DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS, check_hints, check_text, recognised_hints
@@ -65,7 +65,7 @@ class Localization:
     @property
     def sigma_m(self) -> float:
         """1-sigma radius of the published covariance (square root of its largest eigenvalue)."""
-        return float(np.sqrt(np.linalg.eigvalsh(self.covariance_xy).max()))
+        return sigma_radius_m(self.covariance_xy)
 
     def to_json(self) -> dict:
         return {"text": self.text, "hints": self.hints, "recognised_hints": self.recognised_hints,
@@ -163,14 +163,14 @@ class Localizer:
         self.scorer = GalleryScorer(self.coarse.gallery.descriptors, self.coarse.score_terms)
         self.text = TextCache(FrozenTextEncoder(self.coarse.config["text_encoder"]))
         self.ground = GroundHeights()
-        self._cells = [self.map.cells_by_id[i] for i in self.coarse.gallery.ids]
-        self._cell_size = torch.tensor([c.cell_size for c in self._cells], dtype=torch.float64)
-        self._origin = torch.tensor(np.stack([c.bbox_w[:2] for c in self._cells]), dtype=torch.float64)
+        self.cells = [self.map.cells_by_id[i] for i in self.coarse.gallery.ids]  # gallery order
+        self._cell_size = torch.tensor([c.cell_size for c in self.cells], dtype=torch.float64)
+        self._origin = torch.tensor(np.stack([c.bbox_w[:2] for c in self.cells]), dtype=torch.float64)
         self.build_s = time.perf_counter() - start
 
     @property
     def num_cells(self) -> int:
-        return len(self._cells)
+        return len(self.cells)
 
     # --- one query ------------------------------------------------------------------------
 
@@ -245,7 +245,7 @@ class Localizer:
         for b in range(cand.rows.shape[0]):
             hyps = []
             for r, row in enumerate(cand.rows[b].tolist()):
-                cell = self._cells[row]
+                cell = self.cells[row]
                 xy = cand.positions[b, r].numpy()
                 lam = float(cand.precision[b, r]) if self.fine.cfg.precision_head else float("nan")
                 hyps.append(Hypothesis(r, cell.id, cell.scene, float(cand.scores[b, r]),

@@ -41,6 +41,7 @@ def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
     from tqdm import tqdm
 
     from ..inference import Localizer
+    from ..networks.text_encoder import split_sentences
     from ..training.text_cache import TextCache
 
     out = {"map": str(map_dir), "top_k": top_k}
@@ -67,7 +68,7 @@ def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
             if mode == "cold":
                 loc.text = TextCache(loc.text.encoder)
             else:
-                loc.encode_sentences(loc_sentences(text))
+                loc.encode_sentences(split_sentences(text))
             result = loc.localize(text)
             for s in STAGES:
                 timings[mode][s].append(result.timing_ms[s])
@@ -78,12 +79,6 @@ def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
     out["end_to_end_cached_ms"] = out.pop("total_cached_ms")
     out["threads"] = torch.get_num_threads()
     return out
-
-
-def loc_sentences(text: str) -> List[str]:
-    from ..networks.text_encoder import split_sentences
-
-    return split_sentences(text)
 
 
 def format_bench(report: dict) -> str:

@@ -148,7 +148,7 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     precision = torch.cat([c.precision for c in parts]).double()
     size = torch.cat([c.cell_size for c in parts])
     truth = torch.tensor(np.stack([q.pose_w[:2] for q in queries]), dtype=torch.float64)
-    scenes = np.array([c.scene for c in loc._cells])
+    scenes = np.array([c.scene for c in loc.cells])
     same = torch.from_numpy(scenes[rows.numpy()] == np.array([q.scene for q in queries])[:, None])
     errors = candidate_errors(positions, same, truth)
     gt_rows = loc.coarse.gallery.rows(gt)

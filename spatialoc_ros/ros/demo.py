@@ -58,7 +58,9 @@ class Answer:
 
     @property
     def sigma_m(self) -> float:
-        return float(np.sqrt(np.linalg.eigvalsh(self.covariance_xy).max()))
+        from ..covariance import sigma_radius_m
+
+        return sigma_radius_m(self.covariance_xy)
 
 
 def pick_queries(map_dir: str, scene: Optional[str], count: int, seed: int):
