@@ -85,11 +85,11 @@ def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: to
             d2 = mahalanobis_sq(err, cov)
             c1, c2 = float((d2 <= 1).double().mean()), float((d2 <= 4).double().mean())
             miss = round((c1 - TARGET_1SIGMA) ** 2 + (c2 - TARGET_2SIGMA) ** 2, 5)
-            if best is None or miss < best[0][0] or (miss == best[0][0] and _nll(err, cov) < best[0][1]):
-                best = ((miss, _nll(err, cov)), Calibration(scale, beta, fitted_on))
+            if best is not None and miss > best[0][0]:
+                continue
+            key = (miss, float(gaussian_nll(err, cov).mean()))  # the NLL only breaks ties
+            if best is None or key < best[0]:
+                best = (key, Calibration(scale, beta, fitted_on))
     cal = best[1]
     return cal, calibration_report(err, published_covariance(positions, scores, precision, cell_size, cal))
 
-
-def _nll(err, cov) -> float:
-    return float(gaussian_nll(err, cov).mean())
