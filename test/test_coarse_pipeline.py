@@ -1,5 +1,6 @@
 """The coarse stage end to end on the tiny benchmark: train, resume, evaluate, load strictly."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -81,6 +82,20 @@ def test_eval_cli_json_shape_and_recall_plot(trained, tiny_dataset, capsys, tmp_
     curve = [report["retrieval_recall_curve"][str(k)] for k in range(1, 11)]
     assert curve == sorted(curve) and curve[0] == report["retrieval_recall"]["1"]
     assert plot.stat().st_size > 5000
+
+
+def test_eval_cli_with_several_weights_prints_a_table(trained, tiny_dataset, capsys, tmp_path):
+    cfg, _ = trained
+    other = tmp_path / "copy"
+    shutil.copytree(cfg.out, other, ignore=shutil.ignore_patterns("*.pt"))
+    assert main(["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", cfg.out, str(other),
+                 "--cache", cfg.cache, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert table[0] == "| weights | recall@1 | recall@3 | recall@5 |" and len(table) == 4
+    first, second = (line.split(" | ")[1:] for line in table[2:])
+    assert first == second  # the same weights give the same row
+    assert table[2].startswith(f"| {cfg.out} |") and table[3].startswith(f"| {other} |")
 
 
 def test_loading_weights_of_another_shape_names_the_tensor(trained):

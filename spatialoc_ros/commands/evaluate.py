@@ -32,7 +32,7 @@ def add_eval_command(commands) -> None:
 
 
 def _run_eval(args) -> int:
-    from ..evaluation.evaluate import evaluate, format_report
+    from ..evaluation.evaluate import evaluate, format_report, format_table
 
     reports = [evaluate(args.data, args.split, w, args.queries, cache=args.cache, device=args.device,
                         progress=not (args.quiet or args.json), fit_calibration=args.fit_calibration,
@@ -40,9 +40,11 @@ def _run_eval(args) -> int:
                for w in args.weights]
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports))
+    elif len(reports) == 1:
+        print(format_report(reports[0]))
     else:
-        print("\n".join(f"{w}\n{format_report(r)}" if len(reports) > 1 else format_report(r)
-                        for w, r in zip(args.weights, reports)))
+        print("\n".join(f"{w}\n{format_report(r)}" for w, r in zip(args.weights, reports)))
+        print("\n" + format_table(reports, args.weights))
     for r in reports:
         if r.get("pictures") and not args.json:
             print(f"pictures: {r['pictures'][-1]} and {len(r['pictures']) - 1} more in {args.out}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -206,3 +206,16 @@ def format_report(report: dict) -> str:
                      f"median 1-sigma {cal['median_sigma_m']:.1f} m"
                      + ("" if cal.get("fitted_on") else " (uncalibrated)"))
     return "\n".join(lines)
+
+
+def format_table(reports: Sequence[dict], names: Sequence[str]) -> str:
+    """A Markdown table of several reports' retrieval recall (and k = 1 localization recall when present)."""
+    loc = all("localization_recall" in r for r in reports)
+    head = ["weights", "recall@1", "recall@3", "recall@5"] + (["k=1 within 5/10/15 m"] if loc else [])
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in zip(names, reports):
+        cells = [name] + [f"{r['retrieval_recall'][k]:.3f}" for k in ("1", "3", "5")]
+        if loc:
+            cells.append(" / ".join(f"{r['localization_recall']['1'][e]:.3f}" for e in ("5", "10", "15")))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
