@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 DEFAULT_MAPS = ("data/demo_map", "data/benchmark")
-DDS_SCENE = "2013_05_28_drive_0010_sync"  # the validation scene: held out from training
 
 
 def add_bench_command(commands) -> None:
@@ -59,7 +58,8 @@ def _run_bench(args) -> int:
     for key in ("gallery_build_s", "gallery_cells_per_s", "gallery_load_s"):
         if key in reports[0]:
             result[key] = reports[0][key]
-    val_scene = Path(maps[0]) / "cells" / f"{DDS_SCENE}.pkl"
+    dds_scene = SPLITS["val"][0]  # held out from training
+    val_scene = Path(maps[0]) / "cells" / f"{dds_scene}.pkl"
     if not args.no_dds and val_scene.is_file():
         try:
             from ..ros.demo import measure_dds_latency
@@ -67,7 +67,7 @@ def _run_bench(args) -> int:
             result["dds_query_to_pose_ms"] = {"skipped": f"ROS 2 is not importable ({exc})"}
         else:
             try:
-                result["dds_query_to_pose_ms"] = measure_dds_latency(maps[0], args.weights, DDS_SCENE,
+                result["dds_query_to_pose_ms"] = measure_dds_latency(maps[0], args.weights, dds_scene,
                                                                      args.params_file)
             except RuntimeError as exc:
                 raise SpatialocError(str(exc)) from None

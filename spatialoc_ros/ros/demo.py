@@ -27,6 +27,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..data.constants import VAL_SCENES
+
 NODE = "spatialoc_localizer"
 NAMESPACE = "/spatialoc"
 PROBE = "The pose is north of a gray building."  # asked until the node answers it (it is then active)
@@ -141,7 +143,7 @@ class NodeSession:
         return False
 
 
-def measure_dds_latency(map_dir="data/demo_map", weights="models", scene="2013_05_28_drive_0010_sync",
+def measure_dds_latency(map_dir="data/demo_map", weights="models", scene=VAL_SCENES[0],
                         params_file="config/localize.yaml", queries: int = 30, seed: int = 0,
                         log_path="out/bench_node.log") -> dict:
     """Median and 95th percentile of query-to-pose latency over DDS (one message per query)."""
@@ -241,7 +243,7 @@ def _stamp(header) -> tuple:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="spatialoc-demo", description=__doc__.split("\n")[0])
     p.add_argument("--map", default="data/demo_map")
-    p.add_argument("--scene", default="2013_05_28_drive_0010_sync")
+    p.add_argument("--scene", default=VAL_SCENES[0])
     p.add_argument("--weights", default="models")
     p.add_argument("--params-file", default="config/localize.yaml")
     p.add_argument("--queries", type=int, default=6)
