@@ -83,6 +83,25 @@ def test_eval_cli_json_shape_and_recall_plot(trained, tiny_dataset, capsys, tmp_
     assert curve == sorted(curve) and curve[0] == report["retrieval_recall"]["1"]
     assert plot.stat().st_size > 5000
 
+    # the saved report tabulates and plots again without the data or the weights
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps(report))
+    assert main(["eval", "--reports", str(saved), str(saved), "--plot", str(tmp_path / "again.png")]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    r = report["retrieval_recall"]
+    assert table[2] == f"| {cfg.out} | {r['1']:.3f} | {r['3']:.3f} | {r['5']:.3f} |" and table[3] == table[2]
+    assert (tmp_path / "again.png").stat().st_size > 5000
+
+
+def test_eval_without_data_or_reports_is_a_one_line_error(tmp_path, capsys):
+    assert main(["eval", "--split", "val"]) != 0
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"split": "val"}')
+    assert main(["eval", "--reports", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert "no retrieval_recall" in err and "Traceback" not in err
+
 
 def test_eval_cli_with_several_weights_prints_a_table(trained, tiny_dataset, capsys, tmp_path):
     cfg, _ = trained

@@ -10,7 +10,7 @@ def add_eval_command(commands) -> None:
                                         "cell among all cells of the split and, with fine weights, "
                                         "localization recall (k = 1/5/10 within 5/10/15 m) and the "
                                         "calibration of the published covariance.")
-    p.add_argument("--data", required=True, metavar="DIR", help="KITTI360Pose folder")
+    p.add_argument("--data", default=None, metavar="DIR", help="KITTI360Pose folder (required unless --reports)")
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--weights", default=["models"], nargs="+", metavar="DIR",
                    help="folder(s) with pointnet.*, coarse.* and (for localization) fine.*; several give one "
@@ -18,6 +18,8 @@ def add_eval_command(commands) -> None:
     p.add_argument("--fit-calibration", action="store_true",
                    help="fit the covariance calibration on these queries (use --split val) and write "
                         "WEIGHTS/calibration.json")
+    p.add_argument("--reports", default=None, nargs="+", metavar="FILE.json",
+                   help="tabulate (and --plot) reports saved from earlier '--json' runs instead of evaluating")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="draw recall@k against k for each --weights")
     p.add_argument("--queries", default=None, metavar="FILE.jsonl",
                    help='queries {"text", "scene", "pose_w"} to evaluate against the split\'s gallery')
@@ -32,8 +34,13 @@ def add_eval_command(commands) -> None:
 
 
 def _run_eval(args) -> int:
-    from ..evaluation.evaluate import evaluate, format_report, format_table
+    from ..errors import SpatialocError
+    from ..evaluation.evaluate import evaluate, format_report, format_table, load_reports
 
+    if args.reports:
+        return _tabulate(load_reports(args.reports), args)
+    if args.data is None:
+        raise SpatialocError("spatialoc eval needs --data DIR (or --reports FILE.json ... to tabulate saved reports)")
     reports = [evaluate(args.data, args.split, w, args.queries, cache=args.cache, device=args.device,
                         progress=not (args.quiet or args.json), fit_calibration=args.fit_calibration,
                         show=args.show, show_dir=args.out)
@@ -48,10 +55,27 @@ def _run_eval(args) -> int:
     for r in reports:
         if r.get("pictures") and not args.json:
             print(f"pictures: {r['pictures'][-1]} and {len(r['pictures']) - 1} more in {args.out}")
+    _plot(reports, args.weights, args)
+    return 0
+
+
+def _tabulate(reports, args) -> int:
+    """The table (and plot) of saved reports, labelled by the weights each was computed with."""
+    from ..evaluation.evaluate import format_table
+
+    labels = [r.get("weights", f"report {i + 1}") for i, r in enumerate(reports)]
+    if args.json:
+        print(json.dumps(reports))
+    else:
+        print(format_table(reports, labels))
+    _plot(reports, labels, args)
+    return 0
+
+
+def _plot(reports, labels, args) -> None:
     if args.plot:
         from ..evaluation.plots import plot_recall_curves
 
-        path = plot_recall_curves(reports, args.weights, args.plot)
+        path = plot_recall_curves(reports, labels, args.plot)
         if not args.json:
             print(f"recall curves: {path}")
-    return 0

@@ -208,6 +208,21 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def load_reports(paths: Sequence[str]) -> List[dict]:
+    """Reports saved from ``spatialoc eval --json`` (one object, or a list of them, per file)."""
+    reports = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SpatialocError(f"{path}: not a saved 'spatialoc eval --json' report ({exc})") from None
+        for r in data if isinstance(data, list) else [data]:
+            if not isinstance(r, dict) or "retrieval_recall" not in r:
+                raise SpatialocError(f"{path}: not a saved 'spatialoc eval --json' report (no retrieval_recall)")
+            reports.append(r)
+    return reports
+
+
 def format_table(reports: Sequence[dict], names: Sequence[str]) -> str:
     """A Markdown table of several reports' retrieval recall (and k = 1 localization recall when present)."""
     loc = all("localization_recall" in r for r in reports)
