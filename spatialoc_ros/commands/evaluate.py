@@ -20,7 +20,7 @@ def add_eval_command(commands) -> None:
                         "WEIGHTS/calibration.json")
     p.add_argument("--reports", default=None, nargs="+", metavar="FILE.json",
                    help="tabulate (and --plot) reports saved from earlier '--json' runs instead of evaluating")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="draw recall@k against k for each --weights")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="draw recall@k against k for each --weights folder (or --reports file)")
     p.add_argument("--queries", default=None, metavar="FILE.jsonl",
                    help='queries {"text", "scene", "pose_w"} to evaluate against the split\'s gallery')
     p.add_argument("--show", type=int, default=0, metavar="N",
