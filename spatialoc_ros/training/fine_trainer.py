@@ -306,7 +306,8 @@ def _summary(record: dict) -> str:
             f"median {v['median_error_m']:.2f} m, within 5/10/15 m "
             + "/".join(f"{v['recall'][str(t)]:.3f}" for t in RECALL_THRESHOLDS_M))
     if "coverage_1sigma" in v:
-        text += f", 1/2-sigma coverage {v['coverage_1sigma']:.2f}/{v['coverage_2sigma']:.2f}"
+        text += (f", 1/2-sigma coverage {v['coverage_1sigma']:.2f}/{v['coverage_2sigma']:.2f} (uncalibrated),"
+                 f" Spearman(sigma, error) {v['sigma_error_spearman']:.2f}")
     return text + f" ({record['train_s']:.0f} s)"
 
 
