@@ -90,3 +90,34 @@ def test_fit_recovers_the_scale_of_overconfident_precisions():
     cov = published_covariance(pos, scores, lam, size, back)
     assert (torch.linalg.eigvalsh(cov) > 0).all()
     assert np.isfinite(cov.numpy()).all()
+
+
+def test_fit_prefers_the_likelihood_when_coverage_cannot_tell_betas_apart():
+    """One query in eight picked a wrong cell 150 m away; its runner-up, at the truth, scores a little lower.
+
+    A sharp mixture (large beta) leaves those errors far outside small ellipses yet
+    matches the coverage targets at least as well as a softer one; within the
+    coverage tolerance the fit must take the softer mixture, whose likelihood is
+    far better.
+    """
+    g = torch.Generator().manual_seed(3)
+    b, k = 4000, 2
+    lam = torch.full((b, k), 2.0, dtype=torch.float64)
+    size = torch.full((b, k), 30.0, dtype=torch.float64)
+    truth = torch.zeros(b, 2, dtype=torch.float64)
+    pos = torch.zeros(b, k, 2, dtype=torch.float64)
+    r = 6.0 * torch.rand(b, generator=g, dtype=torch.float64).sqrt()  # right answers: uniform in a 6 m disc
+    a = 2 * math.pi * torch.rand(b, generator=g, dtype=torch.float64)
+    pos[:, 0, 0], pos[:, 0, 1] = r * torch.cos(a), r * torch.sin(a)
+    pos[:, 1] = 400.0
+    scores = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(b, 1)
+    wrong = torch.arange(b) % 8 == 0
+    pos[wrong, 1] = pos[wrong, 0]
+    pos[wrong, 0] = 150.0
+    scores[wrong, 1] = 1.0 - 1.5 * torch.rand(int(wrong.sum()), generator=g, dtype=torch.float64)
+    cal, rep = fit_calibration(pos, scores, lam, size, truth)
+    assert abs(rep["within_1sigma"] - TARGET_1SIGMA) <= 0.05 and abs(rep["within_2sigma"] - TARGET_2SIGMA) <= 0.05
+    sharp = min(calibration_report(truth - pos[:, 0], published_covariance(
+        pos, scores, lam, size, Calibration(10 ** ls, 64.0)))["nll"] for ls in np.arange(-4, 1, 0.1))
+    assert cal.beta < 64.0
+    assert rep["nll"] < sharp - 1.0
