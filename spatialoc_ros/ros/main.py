@@ -4,7 +4,8 @@
         [-p name:=value ...] [-r __ns:=/spatialoc]
 
 Spins the node on a single-threaded executor until Ctrl-C or SIGTERM, then
-stops cleanly with exit status 0. The model runs on a worker thread of the
+stops cleanly with exit status 0 (also when the signal lands while the
+executor builds its wait set). The model runs on a worker thread of the
 node, so the executor only takes in queries; one thread keeps that intake
 fast (rclpy's multi-threaded executor hands each message between threads and
 fell behind a 100 Hz burst on a busy machine). A parameter value the node
@@ -18,6 +19,7 @@ import sys
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
 EXIT_OK = 0
 EXIT_BAD_PARAMETER = 2
@@ -40,6 +42,11 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except _rclpy.RCLError:
+        # A signal can shut the context down between the executor's own check and
+        # its next wait: the same clean stop, reported by rcl as an invalid context.
+        if node.context.ok():
+            raise
     finally:
         # Order of ros2_pip_environment.md: worker, executor, node, context.
         node.release()
