@@ -157,14 +157,14 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
            "retrieval_recall_curve": retrieval_metrics(rows, gt_rows, CURVE_KS),
            "localization_recall": localization_recall(errors),
            "score_terms": list(loc.coarse.score_terms)}
-    if fit:
-        cal, _ = fit_calibration(positions, scores, precision, size, truth,
+    informative = torch.tensor([recognised_hints(q.hints) / len(q.hints) for q in queries])
+    if fit:  # fitted on the same scores the published covariance uses
+        cal, _ = fit_calibration(positions, scores * informative.to(scores.dtype)[:, None], precision, size, truth,
                                  fitted_on=f"{data_split.name}: {len(queries)} queries")
         path = Path(weights) / CALIBRATION_FILE
         path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
         loc.calibration = cal
         out["calibration_file"] = str(path)
-    informative = torch.tensor([recognised_hints(q.hints) / len(q.hints) for q in queries])
     cov = published_covariance(positions, scores, precision, size, loc.calibration, informative)
     out["calibration"] = calibration_report(truth - positions[:, 0], cov)
     out["calibration"].update(loc.calibration.to_dict())
