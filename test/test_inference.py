@@ -107,6 +107,22 @@ def test_eval_reports_localization_recall_and_fits_calibration(tiny_dataset, tin
     assert "--split val" in capsys.readouterr().err
 
 
+def test_eval_measures_the_fine_stage_object_order_sensitivity(tiny_dataset, tiny_weights, capsys):
+    args = ["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", str(tiny_weights),
+            "--cache", str(tiny_weights / "cache"), "--order-sensitivity", "12"]
+    assert main(args + ["--json"]) == 0
+    r = json.loads(capsys.readouterr().out)["order_sensitivity"]
+    assert r["queries"] == 12 and r["orders"] == 3
+    moved, other = r["permuted_move_m"], r["other_cell_move_m"]
+    assert 0 <= moved["median"] <= moved["p95"] and moved["p95"] > 0 and other["median"] > 0
+    assert moved["median"] < other["median"]  # shuffling objects is a smaller change than another cell
+    assert r["precision_factor"]["median"] >= 1.0
+    assert main(args) == 0
+    assert "object order (12 val queries x 3 orders)" in capsys.readouterr().out
+    assert main(args[:4] + ["test"] + args[5:]) == 2
+    assert "--split val" in capsys.readouterr().err
+
+
 def test_eval_show_draws_the_queries(tiny_dataset, tiny_weights, tmp_path, capsys):
     out = tmp_path / "pictures"
     assert main(["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", str(tiny_weights),

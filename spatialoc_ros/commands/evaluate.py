@@ -26,6 +26,9 @@ def add_eval_command(commands) -> None:
     p.add_argument("--show", type=int, default=0, metavar="N",
                    help="draw N queries (map, top-k cells, prediction with its ellipses, ground truth)")
     p.add_argument("--out", default="out/eval", metavar="DIR", help="folder of the --show pictures")
+    p.add_argument("--order-sensitivity", type=int, default=0, metavar="N",
+                   help="also measure on N validation queries (use --split val) how far the fine stage's "
+                        "position moves when each cell's objects are shuffled, against another cell")
     p.add_argument("--cache", default=None, metavar="DIR")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -41,10 +44,17 @@ def _run_eval(args) -> int:
         return _tabulate(load_reports(args.reports), args)
     if args.data is None:
         raise SpatialocError("spatialoc eval needs --data DIR (or --reports FILE.json ... to tabulate saved reports)")
+    if args.order_sensitivity and args.split != "val":
+        raise SpatialocError("--order-sensitivity measures on validation queries: use --split val")
     reports = [evaluate(args.data, args.split, w, args.queries, cache=args.cache, device=args.device,
                         progress=not (args.quiet or args.json), fit_calibration=args.fit_calibration,
                         show=args.show, show_dir=args.out)
                for w in args.weights]
+    if args.order_sensitivity:
+        from ..evaluation.order_sensitivity import measure_order_sensitivity
+        for w, r in zip(args.weights, reports):
+            r["order_sensitivity"] = measure_order_sensitivity(args.data, w, args.order_sensitivity,
+                                                               cache=args.cache)
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports))
     elif len(reports) == 1:

@@ -205,6 +205,9 @@ def format_report(report: dict) -> str:
                      f"{100 * cal['within_2sigma']:.1f} % inside 2 sigma (86.5 %), mean NLL {cal['nll']:.2f}, "
                      f"median 1-sigma {cal['median_sigma_m']:.1f} m"
                      + ("" if cal.get("fitted_on") else " (uncalibrated)"))
+    if report.get("order_sensitivity"):
+        from .order_sensitivity import format_order_sensitivity
+        lines.append(format_order_sensitivity(report["order_sensitivity"]))
     return "\n".join(lines)
 
 
