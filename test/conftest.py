@@ -49,6 +49,15 @@ def ros_env():
         lock.close()  # releases the domain id
 
 
+@pytest.fixture
+def ros_env_here(ros_env, monkeypatch):
+    """The isolation of ``ros_env`` for rclpy running in the test's own process (rcl reads it at init)."""
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS"):
+        monkeypatch.setenv(key, ros_env[key])
+    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    return ros_env
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """The `tiny` synthetic benchmark (all 9 scenes, seed 0), generated once per test run."""

@@ -133,10 +133,8 @@ def test_eval_show_draws_the_queries(tiny_dataset, tiny_weights, tmp_path, capsy
     assert "pictures:" in capsys.readouterr().out
 
 
-def test_bench_reports_every_stage_and_the_latency_over_dds(tiny_dataset, tiny_weights, ros_env, tmp_path,
+def test_bench_reports_every_stage_and_the_latency_over_dds(tiny_dataset, tiny_weights, ros_env_here, tmp_path,
                                                              capsys, monkeypatch):
-    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
-        monkeypatch.setenv(key, ros_env[key])
     params = tmp_path / "params.yaml"
     params.write_text((Path(__file__).resolve().parents[1] / "config" / "localize.yaml").read_text().replace(
         'cache_dir: ""', f'cache_dir: "{tiny_weights / "cache"}"'))

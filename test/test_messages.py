@@ -167,16 +167,13 @@ def _read_line(proc, deadline):
 
 
 @pytest.mark.timeout(90)
-def test_result_crosses_processes(ros_env, tmp_path, monkeypatch):
+def test_result_crosses_processes(ros_env_here, tmp_path):
     topic = f"/spatialoc_test_{uuid.uuid4().hex[:8]}/result"
     # A different working directory: the subprocess must find both halves too.
     pub = subprocess.Popen(
-        [sys.executable, "-c", PUBLISHER, topic, json.dumps(EXPECTED)], env=ros_env,
+        [sys.executable, "-c", PUBLISHER, topic, json.dumps(EXPECTED)], env=ros_env_here,
         cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
-    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS"):
-        monkeypatch.setenv(key, ros_env[key])
-    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
 
     context = rclpy.Context()
     executor = node = None

@@ -9,13 +9,7 @@ from spatialoc_ros.ros.main import EXIT_OK, main
 ARGS = ["--ros-args", "-p", "autostart:=false", "-r", "__node:=spatialoc_main_test"]
 
 
-@pytest.fixture
-def ros_domain(ros_env, monkeypatch):
-    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
-        monkeypatch.setenv(key, ros_env[key])
-
-
-def test_shutdown_while_the_wait_set_is_built_is_a_clean_stop(ros_domain, monkeypatch):
+def test_shutdown_while_the_wait_set_is_built_is_a_clean_stop(ros_env_here, monkeypatch):
     def spin(self):  # what SIGTERM does between the executor's check and its wait
         rclpy.shutdown()
         raise _rclpy.RCLError("failed to initialize wait set: the given context is not valid")
@@ -25,7 +19,7 @@ def test_shutdown_while_the_wait_set_is_built_is_a_clean_stop(ros_domain, monkey
     assert not rclpy.ok()
 
 
-def test_an_rcl_error_with_the_context_alive_is_not_swallowed(ros_domain, monkeypatch):
+def test_an_rcl_error_with_the_context_alive_is_not_swallowed(ros_env_here, monkeypatch):
     def spin(self):
         raise _rclpy.RCLError("some other failure")
 
