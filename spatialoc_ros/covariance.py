@@ -12,12 +12,16 @@ sharp lambda_1 is. So the covariance published with the best position mu_1 is
 the second moment, about mu_1, of the Gaussian mixture of all K hypotheses with
 weights w = softmax(beta · retrieval score):
 
-    Sigma = sum_i w_i (sigma_i² I + (mu_i - mu_1)(mu_i - mu_1)^T)               (2)
+    Sigma = sum_i w_i (sigma_i² I + (mu_i - c)(mu_i - c)^T)                     (2)
+
+about the published position c: mu_1, or the consensus of overlapping cells
+(:mod:`.consensus`) when one is fitted.
 
 One confident cell (w_1 near 1) leaves sigma_1² I; several cells with similar
 scores far apart (an ambiguous or meaningless description) widen the ellipse
 towards them. ``beta`` is fitted together with ``scale``. Both are plain
-numbers stored with the weights (``calibration.json``).
+numbers stored with the weights (``calibration.json``), next to the two of the
+consensus.
 
 A description whose sentences name nothing of the map's vocabulary (no class,
 no colour) gives a ranking that means nothing: the weights are flattened by
@@ -40,18 +44,22 @@ MAX_VARIANCE_M2 = 1e8  # and within the ROS bound of 1e9 with room for the off-d
 
 @dataclass
 class Calibration:
-    """The two fitted numbers of the covariance model (defaults: uncalibrated)."""
+    """The fitted numbers of the answer's post-processing (defaults: uncalibrated, no consensus)."""
 
     scale: float = 1.0  # multiplies 1/lambda, eq. (1)
     beta: float = 1.0  # sharpness of the mixture weights over retrieval scores, eq. (2)
     fitted_on: str = ""  # what the fit used, e.g. "val: 2801 queries"
+    consensus_beta: float = 0.0  # sharpness of the consensus weights (:mod:`.consensus`)
+    consensus_bandwidth_m: float = 0.0  # its kernel bandwidth; 0 = retrieval order, no consensus
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "beta": self.beta, "fitted_on": self.fitted_on}
+        return {"scale": self.scale, "beta": self.beta, "fitted_on": self.fitted_on,
+                "consensus_beta": self.consensus_beta, "consensus_bandwidth_m": self.consensus_bandwidth_m}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        return cls(float(d["scale"]), float(d["beta"]), str(d.get("fitted_on", "")))
+        return cls(float(d["scale"]), float(d["beta"]), str(d.get("fitted_on", "")),
+                   float(d.get("consensus_beta", 0.0)), float(d.get("consensus_bandwidth_m", 0.0)))
 
 
 def sigma_radius_m(cov_xy) -> float:
@@ -73,12 +81,12 @@ def mixture_weights(scores: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def mixture_covariance(positions: torch.Tensor, variances: torch.Tensor, weights: torch.Tensor,
-                       about: int = 0) -> torch.Tensor:
-    """Eq. (2): the [B, 2, 2] covariance about hypothesis ``about`` of each query.
+                       centre: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Eq. (2): the [B, 2, 2] covariance of each query about ``centre`` [B, 2] (default mu_1).
 
     positions [B, K, 2] in metres, variances [B, K] in m², weights [B, K] summing to 1.
     """
-    d = positions - positions[:, about:about + 1]                                  # [B, K, 2]
+    d = positions - (positions[:, :1] if centre is None else centre[:, None])    # [B, K, 2]
     spread = torch.einsum("bk,bki,bkj->bij", weights, d, d)
     iso = (weights * variances).sum(-1)                                            # [B]
     cov = spread + iso[:, None, None] * torch.eye(2, dtype=positions.dtype)
@@ -87,14 +95,16 @@ def mixture_covariance(positions: torch.Tensor, variances: torch.Tensor, weights
 
 
 def published_covariance(positions: torch.Tensor, scores: torch.Tensor, precision: torch.Tensor,
-                         cell_size: torch.Tensor, cal: Calibration,
-                         informative: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The covariance [B, 2, 2] published about each query's best candidate, eq. (1) + (2).
+                         cell_size: torch.Tensor, cal: Calibration, informative: Optional[torch.Tensor] = None,
+                         centre: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The covariance [B, 2, 2] published about each query's answer, eq. (1) + (2).
 
-    positions [B, K, 2] m; scores, precision, cell_size [B, K]; ``informative`` [B]
-    the share of each query's sentences that name a known class or colour (default 1).
+    positions [B, K, 2] m, each cell's own fine-stage position; scores, precision,
+    cell_size [B, K]; ``informative`` [B] the share of each query's sentences that
+    name a known class or colour (default 1); ``centre`` [B, 2] the published
+    position (default the best cell's).
     """
     var = hypothesis_variance(precision, cell_size, cal.scale)
     if informative is not None:
         scores = scores * informative.to(scores.dtype)[:, None]
-    return mixture_covariance(positions, var, mixture_weights(scores, cal.beta))
+    return mixture_covariance(positions, var, mixture_weights(scores, cal.beta), centre)

@@ -3,6 +3,7 @@
     text ─ check, split into sentences ─ token embeddings (frozen encoder, cached per sentence)
          ─ coarse stage: text descriptors, fused score against every cell (gallery precomputed)
          ─ top-k cells ─ fine stage (UGFL) on each: offset δ from the cell centre, precision λ
+         ─ consensus of overlapping cells (:mod:`.consensus`): order and best position
          ─ world positions (+ ground height), covariances (:mod:`.covariance`)
 
 The map is a KITTI360Pose folder (all its scenes, or those named). The gallery
@@ -80,9 +81,22 @@ class Candidates:
 
     rows: torch.Tensor  # [B, K] gallery rows, best first
     scores: torch.Tensor  # [B, K] fused retrieval scores
-    positions: torch.Tensor  # [B, K, 2] world x, y (m), float64
+    positions: torch.Tensor  # [B, K, 2] world x, y (m) of each hypothesis, float64
     precision: torch.Tensor  # [B, K] λ (ones for a model without the λ head)
     cell_size: torch.Tensor  # [B, K] metres
+    cell_positions: Optional[torch.Tensor] = None  # [B, K, 2] the fine stage's own position in each cell
+
+    def __post_init__(self):
+        if self.cell_positions is None:
+            self.cell_positions = self.positions
+
+    def reordered(self, order: torch.Tensor, positions: torch.Tensor) -> "Candidates":
+        """The same cells in ``order`` [B, K], with the hypotheses' ``positions`` [B, K, 2] (in that order)."""
+        from .consensus import reorder
+
+        return Candidates(reorder(order, self.rows), reorder(order, self.scores), positions,
+                          reorder(order, self.precision), reorder(order, self.cell_size),
+                          reorder(order, self.cell_positions))
 
 
 def split_label(scenes: Sequence[str]) -> str:
@@ -166,6 +180,8 @@ class Localizer:
         self.cells = [self.map.cells_by_id[i] for i in self.coarse.gallery.ids]  # gallery order
         self._cell_size = torch.tensor([c.cell_size for c in self.cells], dtype=torch.float64)
         self._origin = torch.tensor(np.stack([c.bbox_w[:2] for c in self.cells]), dtype=torch.float64)
+        scene_names = sorted({c.scene for c in self.cells})  # consensus joins cells of one scene only
+        self.scene_index = torch.tensor([scene_names.index(c.scene) for c in self.cells])
         self.build_s = time.perf_counter() - start
 
     @property
@@ -186,7 +202,8 @@ class Localizer:
         timing = {"text": 1e3 * (t1 - t0)}
         cand = self.candidates([hints], top_k or self.top_k, timing)
         known = recognised_hints(hints)
-        hyps, cov = self.hypotheses(cand, torch.tensor([known / len(hints)]))[0]
+        informative = torch.tensor([known / len(hints)])
+        hyps, cov = self.hypotheses(self.consensus(cand, informative), informative)[0]
         timing["total"] = 1e3 * (time.perf_counter() - t0)
         return Localization(text, hints, hyps, cov, known, timing)
 
@@ -228,14 +245,32 @@ class Localizer:
             timing["fine"] = 1e3 * (time.perf_counter() - t1)
         return Candidates(rows, scores, positions, precision, size)
 
+    def consensus(self, cand: Candidates, informative: Optional[torch.Tensor] = None) -> Candidates:
+        """The candidates in the order of the calibration's consensus, the best at its mode.
+
+        Unchanged (retrieval order, each cell's own position) without a fitted consensus.
+        ``informative`` [B]: the share of each query's sentences that name a known class or colour.
+        """
+        from .consensus import consensus_order
+
+        cal = self.calibration
+        if cal.consensus_bandwidth_m <= 0:
+            return cand
+        scores = cand.scores.double()
+        if informative is not None:
+            scores = scores * informative.to(scores.dtype)[:, None]
+        order, positions = consensus_order(cand.cell_positions, scores, cal.consensus_beta,
+                                           cal.consensus_bandwidth_m, self.scene_index[cand.rows])
+        return cand.reordered(order, positions)
+
     def covariances(self, cand: Candidates, informative: Optional[torch.Tensor] = None):
         """(own variance per hypothesis [B, K] in m², published covariance [B, 2, 2] about the best).
 
         ``informative`` [B]: the share of each query's sentences that name a known class or colour.
         """
         var = hypothesis_variance(cand.precision.double(), cand.cell_size, self.calibration.scale)
-        cov = published_covariance(cand.positions, cand.scores.double(), cand.precision.double(),
-                                   cand.cell_size, self.calibration, informative)
+        cov = published_covariance(cand.cell_positions, cand.scores.double(), cand.precision.double(),
+                                   cand.cell_size, self.calibration, informative, centre=cand.positions[:, 0])
         return var, cov
 
     def hypotheses(self, cand: Candidates, informative: Optional[torch.Tensor] = None):

@@ -48,6 +48,28 @@ def test_batch_and_single_query_agree(localizer):
                                check_dtype=False)
 
 
+def test_a_fitted_consensus_reorders_the_same_cells_and_publishes_their_mode(localizer):
+    from spatialoc_ros.consensus import consensus_order
+    from spatialoc_ros.covariance import Calibration
+
+    plain = localizer.localize(GOOD)
+    saved = localizer.calibration
+    localizer.calibration = Calibration(0.01, 4.0, "test", consensus_beta=0.0, consensus_bandwidth_m=15.0)
+    try:
+        fused = localizer.localize(GOOD)
+    finally:
+        localizer.calibration = saved
+    assert sorted(h.cell_id for h in fused.hypotheses) == sorted(h.cell_id for h in plain.hypotheses)
+    assert [h.rank for h in fused.hypotheses] == list(range(5))
+    cand = localizer.candidates([plain.hints], 5)
+    order, want = consensus_order(cand.positions, cand.scores.double(), 0.0, 15.0,
+                                  localizer.scene_index[cand.rows])
+    assert [h.cell_id for h in fused.hypotheses] == [localizer.coarse.gallery.ids[r] for r in cand.rows[0, order[0]]]
+    np.testing.assert_allclose(np.stack([h.position[:2] for h in fused.hypotheses]), want[0].numpy())
+    cov = fused.covariance_xy
+    assert np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0
+
+
 def test_bad_text_is_refused_and_unknown_words_widen_the_ellipse(localizer, tiny_weights):
     for text in ("", "   ", "x" * 10_000, "\x00\x01"):
         with pytest.raises(QueryRejected):
@@ -100,7 +122,11 @@ def test_eval_reports_localization_recall_and_fits_calibration(tiny_dataset, tin
     assert {"within_1sigma", "within_2sigma", "nll"} <= set(cal) and cal["fitted_on"].startswith("val")
     assert abs(cal["within_2sigma"] - 0.865) < 0.2
     saved = json.loads((tiny_weights / CALIBRATION_FILE).read_text())
-    assert saved["scale"] == cal["scale"]
+    assert saved["scale"] == cal["scale"] and saved["consensus_bandwidth_m"] == cal["consensus_bandwidth_m"]
+    pub = report["published_recall"]  # the answer `localize` gives; the protocol's figures are above
+    assert set(pub) == {"1", "5", "10"} and pub["1"]["5"] <= pub["10"]["5"]
+    if cal["consensus_bandwidth_m"] == 0:
+        assert pub == rec
     (tiny_weights / CALIBRATION_FILE).unlink()
     assert main(["eval", "--data", str(tiny_dataset), "--split", "test", "--weights", str(tiny_weights),
                  "--fit-calibration"]) == 2

@@ -130,10 +130,11 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     import torch
     from tqdm import tqdm
 
-    from ..inference import CALIBRATION_FILE, Localizer
-    from .coarse_eval import retrieval_metrics
+    from ..consensus import fit_consensus
     from ..covariance import published_covariance
+    from ..inference import CALIBRATION_FILE, Candidates, Localizer
     from ..query_text import recognised_hints
+    from .coarse_eval import retrieval_metrics
     from .localization import calibration_report, candidate_errors, fit_calibration, localization_recall
 
     loc = Localizer(data, weights, scenes=data_split.scenes, device=device, cache=cache, top_k=max(CURVE_KS),
@@ -142,33 +143,46 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     parts = []
     for start in tqdm(range(0, len(queries), 64), desc="queries", unit="batch", disable=not progress):
         parts.append(loc.candidates([q.hints for q in queries[start:start + 64]], max(CURVE_KS)))
-    rows = torch.cat([c.rows for c in parts])
-    scores = torch.cat([c.scores for c in parts]).double()
-    positions = torch.cat([c.positions for c in parts])
-    precision = torch.cat([c.precision for c in parts]).double()
-    size = torch.cat([c.cell_size for c in parts])
+    cand = Candidates(*(torch.cat([getattr(c, n) for c in parts])
+                        for n in ("rows", "scores", "positions", "precision", "cell_size")))
+    cand.scores, cand.precision = cand.scores.double(), cand.precision.double()
     truth = torch.tensor(np.stack([q.pose_w[:2] for q in queries]), dtype=torch.float64)
+    query_scene = np.array([q.scene for q in queries])[:, None]
     scenes = np.array([c.scene for c in loc.cells])
-    same = torch.from_numpy(scenes[rows.numpy()] == np.array([q.scene for q in queries])[:, None])
-    errors = candidate_errors(positions, same, truth)
+
+    def errors_of(c: Candidates) -> torch.Tensor:
+        return candidate_errors(c.positions, torch.from_numpy(scenes[c.rows.numpy()] == query_scene), truth)
+
+    errors = errors_of(cand)  # the protocol: retrieval order, each cell's own position
     gt_rows = loc.coarse.gallery.rows(gt)
     out = {"gallery_cells": loc.num_cells,
-           "retrieval_recall": retrieval_metrics(rows, gt_rows, RETRIEVAL_KS),
-           "retrieval_recall_curve": retrieval_metrics(rows, gt_rows, CURVE_KS),
+           "retrieval_recall": retrieval_metrics(cand.rows, gt_rows, RETRIEVAL_KS),
+           "retrieval_recall_curve": retrieval_metrics(cand.rows, gt_rows, CURVE_KS),
            "localization_recall": localization_recall(errors),
            "score_terms": list(loc.coarse.score_terms)}
     informative = torch.tensor([recognised_hints(q.hints) / len(q.hints) for q in queries])
-    if fit:  # fitted on the same scores the published covariance uses
-        cal, _ = fit_calibration(positions, scores * informative.to(scores.dtype)[:, None], precision, size, truth,
-                                 fitted_on=f"{data_split.name}: {len(queries)} queries")
+    weighted = cand.scores * informative.to(cand.scores.dtype)[:, None]  # what the published answer uses
+    if fit:
+        beta, bandwidth, _ = fit_consensus(cand.positions, weighted, loc.scene_index[cand.rows], truth,
+                                           torch.from_numpy(scenes[cand.rows.numpy()] == query_scene))
+        loc.calibration.consensus_beta, loc.calibration.consensus_bandwidth_m = beta, bandwidth
+        ordered = loc.consensus(cand, informative)
+        cal, _ = fit_calibration(cand.positions, weighted, cand.precision, cand.cell_size, truth,
+                                 fitted_on=f"{data_split.name}: {len(queries)} queries",
+                                 centre=ordered.positions[:, 0], consensus=(beta, bandwidth))
         path = Path(weights) / CALIBRATION_FILE
         path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
         loc.calibration = cal
         out["calibration_file"] = str(path)
-    cov = published_covariance(positions, scores, precision, size, loc.calibration, informative)
-    out["calibration"] = calibration_report(truth - positions[:, 0], cov)
+    ordered = loc.consensus(cand, informative)
+    published = errors_of(ordered)
+    out["published_recall"] = localization_recall(published)
+    cov = published_covariance(cand.positions, cand.scores, cand.precision, cand.cell_size, loc.calibration,
+                               informative, centre=ordered.positions[:, 0])
+    out["calibration"] = calibration_report(truth - ordered.positions[:, 0], cov)
     out["calibration"].update(loc.calibration.to_dict())
-    out["top1_error_m"] = {"median": float(errors[:, 0].clamp(max=1e9).median())}
+    out["top1_error_m"] = {"median": float(errors[:, 0].clamp(max=1e9).median()),
+                           "published_median": float(published[:, 0].clamp(max=1e9).median())}
     if show:
         out["pictures"] = _draw(loc, queries, show, show_dir or "out/eval")
     return out
@@ -199,6 +213,13 @@ def format_report(report: dict) -> str:
     for k, by_eps in report.get("localization_recall", {}).items():
         lines.append(f"localization recall k={k:>2} within 5/10/15 m: "
                      + " / ".join(f"{by_eps[e]:.3f}" for e in ("5", "10", "15")))
+    cal = report.get("calibration") or {}
+    if report.get("published_recall") and cal.get("consensus_bandwidth_m", 0) > 0:
+        lines.append(f"published answer (consensus of overlapping cells, beta {cal['consensus_beta']:g}, "
+                     f"bandwidth {cal['consensus_bandwidth_m']:g} m):")
+        for k, by_eps in report["published_recall"].items():
+            lines.append(f"  recall k={k:>2} within 5/10/15 m: "
+                         + " / ".join(f"{by_eps[e]:.3f}" for e in ("5", "10", "15")))
     cal = report.get("calibration")
     if cal:
         lines.append(f"calibration: {100 * cal['within_1sigma']:.1f} % inside 1 sigma (39.3 % ideal), "

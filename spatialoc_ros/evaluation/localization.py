@@ -13,7 +13,7 @@ negative log-likelihood is also reported.
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -66,7 +66,8 @@ FIT_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.
 
 
 def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: torch.Tensor,
-                    cell_size: torch.Tensor, truth_xy: torch.Tensor, fitted_on: str = ""
+                    cell_size: torch.Tensor, truth_xy: torch.Tensor, fitted_on: str = "",
+                    centre: Optional[torch.Tensor] = None, consensus: Tuple[float, float] = (0.0, 0.0)
                     ) -> Tuple[Calibration, Dict[str, float]]:
     """Scale and mixture sharpness that make the published ellipses hold their share of errors.
 
@@ -76,16 +77,19 @@ def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: to
     nearly flat in beta once the retrieval is sharp, while the NLL (a proper
     scoring rule) tells how far the wrong answers fall outside their ellipses.
     When no pair is within the tolerance, the smallest squared coverage miss
-    wins, the NLL breaking near-ties. Inputs in float64: positions [B, K, 2],
-    scores / precision / cell_size [B, K], truth_xy [B, 2]. Returns the
-    calibration and its report on these queries.
+    wins, the NLL breaking near-ties. Inputs in float64: positions [B, K, 2]
+    (each cell's own position), scores / precision / cell_size [B, K],
+    truth_xy [B, 2]; ``centre`` [B, 2] the published position (default the best
+    cell's) and ``consensus`` the (beta, bandwidth) that produced it, stored
+    with the result. Returns the calibration and its report on these queries.
     """
-    err = truth_xy - positions[:, 0]
+    centre = positions[:, 0] if centre is None else centre
+    err = truth_xy - centre
     unit_var = hypothesis_variance(precision, cell_size, 1.0)  # variance at scale 1 (clamped like any scale)
     within, closest = None, None
     for beta in FIT_BETAS:
         w = mixture_weights(scores, beta)
-        spread = mixture_covariance(positions, torch.zeros_like(unit_var), w)   # the scale-free part
+        spread = mixture_covariance(positions, torch.zeros_like(unit_var), w, centre)   # the scale-free part
         iso = (w * unit_var).sum(-1)
         for log_scale in torch.arange(-4.0, 3.0001, 0.02).tolist():
             scale = 10 ** log_scale
@@ -97,11 +101,12 @@ def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: to
             if not inside and closest is not None and miss > closest[0][0]:
                 continue
             nll = float(gaussian_nll(err, cov).mean())
-            cal = Calibration(scale, beta, fitted_on)
+            cal = Calibration(scale, beta, fitted_on, *consensus)
             if inside and (within is None or nll < within[0]):
                 within = (nll, cal)
             if closest is None or (miss, nll) < closest[0]:
                 closest = ((miss, nll), cal)
     cal = within[1] if within is not None else closest[1]
-    return cal, calibration_report(err, published_covariance(positions, scores, precision, cell_size, cal))
+    return cal, calibration_report(err, published_covariance(positions, scores, precision, cell_size, cal,
+                                                             centre=centre))
 
