@@ -6,16 +6,16 @@ axis, in m², is
 
     sigma_i² = scale · cell_size² / lambda_i                                   (1)
 
-with ``scale`` fitted on the validation split (:mod:`.evaluation.calibration`).
+with ``scale`` fitted on the validation split (:func:`.evaluation.localization.fit_calibration`).
 Retrieval can still pick the wrong cell: then mu_1 is far from the truth however
-sharp lambda_1 is. So the covariance published with the best position mu_1 is
-the second moment, about mu_1, of the Gaussian mixture of all K hypotheses with
-weights w = softmax(beta · retrieval score):
+sharp lambda_1 is. So the covariance published with the answer is the second
+moment, about the published position c, of the Gaussian mixture of all K
+hypotheses (each cell's own position) with weights w = softmax(beta · retrieval score):
 
     Sigma = sum_i w_i (sigma_i² I + (mu_i - c)(mu_i - c)^T)                     (2)
 
-about the published position c: mu_1, or the consensus of overlapping cells
-(:mod:`.consensus`) when one is fitted.
+where c is mu_1, or the position the overlapping cells agree on (:mod:`.consensus`)
+when a consensus is fitted.
 
 One confident cell (w_1 near 1) leaves sigma_1² I; several cells with similar
 scores far apart (an ambiguous or meaningless description) widen the ellipse

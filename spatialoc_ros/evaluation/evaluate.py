@@ -220,7 +220,6 @@ def format_report(report: dict) -> str:
         for k, by_eps in report["published_recall"].items():
             lines.append(f"  recall k={k:>2} within 5/10/15 m: "
                          + " / ".join(f"{by_eps[e]:.3f}" for e in ("5", "10", "15")))
-    cal = report.get("calibration")
     if cal:
         lines.append(f"calibration: {100 * cal['within_1sigma']:.1f} % inside 1 sigma (39.3 % ideal), "
                      f"{100 * cal['within_2sigma']:.1f} % inside 2 sigma (86.5 %), mean NLL {cal['nll']:.2f}, "
