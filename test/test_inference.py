@@ -70,13 +70,16 @@ def test_a_fitted_consensus_reorders_the_same_cells_and_publishes_their_mode(loc
     assert np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0
 
 
-def test_bad_text_is_refused_and_unknown_words_widen_the_ellipse(localizer, tiny_weights):
+@pytest.mark.parametrize("consensus", [{}, {"consensus_beta": 0.5, "consensus_bandwidth_m": 10.0}],
+                         ids=["retrieval-order", "consensus"])
+def test_bad_text_is_refused_and_unknown_words_widen_the_ellipse(localizer, tiny_weights, consensus):
     for text in ("", "   ", "x" * 10_000, "\x00\x01"):
         with pytest.raises(QueryRejected):
             localizer.localize(text)
-    (tiny_weights / CALIBRATION_FILE).write_text(json.dumps({"scale": 0.01, "beta": 64.0}))
+    (tiny_weights / CALIBRATION_FILE).write_text(json.dumps({"scale": 0.01, "beta": 64.0, **consensus}))
     try:
         localizer.calibration = __import__("spatialoc_ros.inference", fromlist=["x"]).load_calibration(tiny_weights)
+        assert localizer.calibration.consensus_bandwidth_m == consensus.get("consensus_bandwidth_m", 0.0)
         good = localizer.localize(GOOD)
         vague = localizer.localize("Lorem ipsum dolor sit amet. Consectetur adipiscing elit.")
     finally:
