@@ -23,11 +23,11 @@ and stored with the covariance calibration.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["FIT_BANDWIDTHS_M", "FIT_BETAS", "consensus_order", "fit_consensus", "mean_shift",
+__all__ = ["FIT_BANDWIDTHS_M", "FIT_BETAS", "Consensus", "consensus_order", "fit_consensus", "mean_shift",
            "reorder"]
 
 MEAN_SHIFT_STEPS = 30
@@ -64,9 +64,17 @@ def mean_shift(positions: torch.Tensor, weights: torch.Tensor, bandwidth: float,
     return modes, support
 
 
+class Consensus(NamedTuple):
+    """The hypotheses of B queries in consensus order (all [B, K, ...], best first)."""
+
+    order: torch.Tensor  # [B, K] index into the retrieval order
+    positions: torch.Tensor  # [B, K, 2] a group's mode for its leader, else the cell's own position
+    agreeing: torch.Tensor  # [B, K] cells in the hypothesis' group (itself included)
+
+
 def consensus_order(positions: torch.Tensor, scores: torch.Tensor, beta: float, bandwidth: float,
-                    scene: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(order [B, K] of the hypotheses, best first; position [B, K, 2] of each, in that order).
+                    scene: Optional[torch.Tensor] = None) -> Consensus:
+    """The order, positions and group sizes of the hypotheses.
 
     positions [B, K, 2] world metres and scores [B, K] in retrieval order (best
     first); scene [B, K] an id of each candidate's scene (default: all one).
@@ -74,7 +82,7 @@ def consensus_order(positions: torch.Tensor, scores: torch.Tensor, beta: float, 
     """
     b, k = scores.shape
     if bandwidth <= 0 or k == 1:
-        return torch.arange(k).expand(b, k).clone(), positions.clone()
+        return Consensus(torch.arange(k).expand(b, k).clone(), positions.clone(), torch.ones(b, k, dtype=torch.long))
     scene = torch.zeros(b, k, dtype=torch.long) if scene is None else scene
     weights = torch.softmax(beta * scores, dim=-1)
     modes, support = mean_shift(positions, weights, bandwidth, scene)
@@ -103,7 +111,8 @@ def consensus_order(positions: torch.Tensor, scores: torch.Tensor, beta: float, 
     key = (~is_lead).long() * k * k + group * k + rank
     order = key.argsort(dim=1)
     fused = torch.where(is_lead[..., None], lead_mode.gather(1, group[..., None].expand(b, k, 2)), positions)
-    return order, reorder(order, fused)
+    size = torch.zeros(b, k, dtype=torch.long).scatter_add(1, group, torch.ones(b, k, dtype=torch.long))
+    return Consensus(order, reorder(order, fused), reorder(order, size.gather(1, group)))
 
 
 def reorder(order: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -123,15 +132,15 @@ def fit_consensus(positions: torch.Tensor, scores: torch.Tensor, scene: torch.Te
     scores [B, K], scene [B, K] ids, truth_xy [B, 2], same_scene [B, K] whether
     a candidate lies in its query's scene (another scene is a miss).
     """
-    def objective(order: torch.Tensor, fused: torch.Tensor) -> float:
-        err = (fused[:, 0] - truth_xy).norm(dim=-1)
-        err = err.masked_fill(~same_scene.gather(1, order[:, :1]).squeeze(1), float("inf"))
+    def objective(c: Consensus) -> float:
+        err = (c.positions[:, 0] - truth_xy).norm(dim=-1)
+        err = err.masked_fill(~same_scene.gather(1, c.order[:, :1]).squeeze(1), float("inf"))
         return float(sum((err <= t).double().mean() for t in thresholds) / len(thresholds))
 
-    best = (0.0, 0.0, objective(*consensus_order(positions, scores, 0.0, 0.0)))
+    best = (0.0, 0.0, objective(consensus_order(positions, scores, 0.0, 0.0)))
     for beta in betas:
         for h in bandwidths:
-            value = objective(*consensus_order(positions, scores, beta, h, scene))
+            value = objective(consensus_order(positions, scores, beta, h, scene))
             if value > best[2] + 1e-9:
                 best = (beta, h, value)
     return best

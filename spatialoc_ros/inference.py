@@ -41,11 +41,13 @@ class Hypothesis:
     position: np.ndarray  # [3] world metres: x, y from the fine stage, z the ground height there
     covariance_xy: np.ndarray  # [2, 2] m², this hypothesis' own (calibrated) variance
     precision: float  # λ of the fine stage, normalised cell units; nan for a model without the λ head
+    agreeing: int = 1  # top-k cells whose positions agree on this place (:mod:`.consensus`), itself included
 
     def to_json(self) -> dict:
         return {"rank": self.rank, "cell_id": self.cell_id, "scene": self.scene, "score": self.score,
                 "position": [float(v) for v in self.position],
-                "covariance_xy": self.covariance_xy.tolist(), "precision": self.precision}
+                "covariance_xy": self.covariance_xy.tolist(), "precision": self.precision,
+                "agreeing_cells": self.agreeing}
 
 
 @dataclass
@@ -85,18 +87,21 @@ class Candidates:
     precision: torch.Tensor  # [B, K] λ (ones for a model without the λ head)
     cell_size: torch.Tensor  # [B, K] metres
     cell_positions: Optional[torch.Tensor] = None  # [B, K, 2] the fine stage's own position in each cell
+    agreeing: Optional[torch.Tensor] = None  # [B, K] cells whose positions agree with each (1 = alone)
 
     def __post_init__(self):
         if self.cell_positions is None:
             self.cell_positions = self.positions
+        if self.agreeing is None:
+            self.agreeing = torch.ones(self.rows.shape, dtype=torch.long)
 
-    def reordered(self, order: torch.Tensor, positions: torch.Tensor) -> "Candidates":
-        """The same cells in ``order`` [B, K], with the hypotheses' ``positions`` [B, K, 2] (in that order)."""
+    def reordered(self, c) -> "Candidates":
+        """The same cells in the order of a :class:`~.consensus.Consensus`, at its positions."""
         from .consensus import reorder
 
-        return Candidates(reorder(order, self.rows), reorder(order, self.scores), positions,
-                          reorder(order, self.precision), reorder(order, self.cell_size),
-                          reorder(order, self.cell_positions))
+        return Candidates(reorder(c.order, self.rows), reorder(c.order, self.scores), c.positions,
+                          reorder(c.order, self.precision), reorder(c.order, self.cell_size),
+                          reorder(c.order, self.cell_positions), c.agreeing)
 
 
 def split_label(scenes: Sequence[str]) -> str:
@@ -259,9 +264,8 @@ class Localizer:
         scores = cand.scores.double()
         if informative is not None:
             scores = scores * informative.to(scores.dtype)[:, None]
-        order, positions = consensus_order(cand.cell_positions, scores, cal.consensus_beta,
-                                           cal.consensus_bandwidth_m, self.scene_index[cand.rows])
-        return cand.reordered(order, positions)
+        return cand.reordered(consensus_order(cand.cell_positions, scores, cal.consensus_beta,
+                                              cal.consensus_bandwidth_m, self.scene_index[cand.rows]))
 
     def covariances(self, cand: Candidates, informative: Optional[torch.Tensor] = None):
         """(own variance per hypothesis [B, K] in m², published covariance [B, 2, 2] about the best).
@@ -285,6 +289,6 @@ class Localizer:
                 lam = float(cand.precision[b, r]) if self.fine.cfg.precision_head else float("nan")
                 hyps.append(Hypothesis(r, cell.id, cell.scene, float(cand.scores[b, r]),
                                        np.array([xy[0], xy[1], self.ground(cell, xy)]),
-                                       np.eye(2) * float(var[b, r]), lam))
+                                       np.eye(2) * float(var[b, r]), lam, int(cand.agreeing[b, r])))
             out.append((hyps, cov[b].numpy()))
         return out

@@ -15,8 +15,9 @@ def cluster_and_decoy():
 
 def test_agreeing_cells_outrank_a_lone_best_score_and_their_mean_is_the_answer():
     pos, scores = cluster_and_decoy()
-    order, fused = consensus_order(pos, scores, beta=0.5, bandwidth=10.0)
+    order, fused, agreeing = consensus_order(pos, scores, beta=0.5, bandwidth=10.0)
     assert sorted(order[0].tolist()) == list(range(5))
+    assert agreeing[0].tolist() == [3, 1, 1, 3, 3]
     assert order[0, 0] == 1  # the best-scored cell of the agreeing group leads
     assert torch.linalg.norm(fused[0, 0] - torch.tensor([100.0, 101.0], dtype=torch.float64)) < 1.0
     assert order[0, 1] == 0 and torch.equal(fused[0, 1], pos[0, 0])  # the lone cell next, at its own place
@@ -27,17 +28,17 @@ def test_agreeing_cells_outrank_a_lone_best_score_and_their_mean_is_the_answer()
 
 def test_no_bandwidth_is_the_retrieval_order_and_a_sharp_beta_trusts_the_score():
     pos, scores = cluster_and_decoy()
-    order, fused = consensus_order(pos, scores, beta=1.0, bandwidth=0.0)
-    assert order[0].tolist() == [0, 1, 2, 3, 4] and torch.equal(fused, pos)
-    order, _ = consensus_order(pos, scores, beta=50.0, bandwidth=10.0)
+    order, fused, agreeing = consensus_order(pos, scores, beta=1.0, bandwidth=0.0)
+    assert order[0].tolist() == [0, 1, 2, 3, 4] and torch.equal(fused, pos) and (agreeing == 1).all()
+    order, _, _ = consensus_order(pos, scores, beta=50.0, bandwidth=10.0)
     assert order[0, 0] == 0
 
 
 def test_cells_of_different_scenes_never_agree():
     pos, scores = cluster_and_decoy()
     scene = torch.tensor([[0, 0, 1, 2, 0]])  # same coordinates, but three different world frames
-    order, fused = consensus_order(pos, scores, beta=0.5, bandwidth=10.0, scene=scene)
-    assert order[0].tolist() == [0, 1, 2, 3, 4]
+    order, fused, agreeing = consensus_order(pos, scores, beta=0.5, bandwidth=10.0, scene=scene)
+    assert order[0].tolist() == [0, 1, 2, 3, 4] and (agreeing == 1).all()
     torch.testing.assert_close(fused, pos, rtol=0.0, atol=1e-6)
 
 

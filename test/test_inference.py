@@ -62,10 +62,13 @@ def test_a_fitted_consensus_reorders_the_same_cells_and_publishes_their_mode(loc
     assert sorted(h.cell_id for h in fused.hypotheses) == sorted(h.cell_id for h in plain.hypotheses)
     assert [h.rank for h in fused.hypotheses] == list(range(5))
     cand = localizer.candidates([plain.hints], 5)
-    order, want = consensus_order(cand.positions, cand.scores.double(), 0.0, 15.0,
-                                  localizer.scene_index[cand.rows])
+    order, want, agreeing = consensus_order(cand.positions, cand.scores.double(), 0.0, 15.0,
+                                            localizer.scene_index[cand.rows])
     assert [h.cell_id for h in fused.hypotheses] == [localizer.coarse.gallery.ids[r] for r in cand.rows[0, order[0]]]
     np.testing.assert_allclose(np.stack([h.position[:2] for h in fused.hypotheses]), want[0].numpy())
+    assert [h.agreeing for h in fused.hypotheses] == agreeing[0].tolist()
+    assert fused.to_json()["hypotheses"][0]["agreeing_cells"] == fused.best.agreeing
+    assert all(h.agreeing == 1 for h in plain.hypotheses)  # no consensus: every cell stands alone
     cov = fused.covariance_xy
     assert np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0
 

@@ -42,10 +42,11 @@ def format_localization(result) -> str:
     """The hypotheses as a small table, then the published position and timing."""
     best = result.best
     lines = [f"{len(result.hints)} sentences ({result.recognised_hints} name a known class or colour)",
-             f"{'rank':>4}  {'cell':<12} {'score':>7}  {'x':>10} {'y':>10} {'z':>7}  {'sigma m':>8}"]
+             f"{'rank':>4}  {'cell':<12} {'score':>7}  {'x':>10} {'y':>10} {'z':>7}  {'sigma m':>8}  {'cells':>5}"]
     for h in result.hypotheses:
         lines.append(f"{h.rank + 1:>4}  {h.cell_id:<12} {h.score:7.2f}  {h.position[0]:10.1f} "
-                     f"{h.position[1]:10.1f} {h.position[2]:7.1f}  {h.covariance_xy[0, 0] ** 0.5:8.1f}")
+                     f"{h.position[1]:10.1f} {h.position[2]:7.1f}  {h.covariance_xy[0, 0] ** 0.5:8.1f}  "
+                     f"{h.agreeing:>5}")
     t = result.timing_ms
     lines.append(f"position: x {best.position[0]:.1f} m, y {best.position[1]:.1f} m, z {best.position[2]:.1f} m "
                  f"± {result.sigma_m:.1f} m (1 sigma, with the retrieval's doubt)")
