@@ -139,6 +139,21 @@ def test_eval_reports_localization_recall_and_fits_calibration(tiny_dataset, tin
     assert "--split val" in capsys.readouterr().err
 
 
+def test_eval_with_training_scenes_as_distractors_widens_the_validation_gallery(tiny_dataset, tiny_weights, capsys):
+    args = ["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", str(tiny_weights),
+            "--cache", str(tiny_weights / "cache"), "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(args + ["--distractors", "0000"]) == 0
+    wide = json.loads(capsys.readouterr().out)
+    assert wide["distractors"] == ["2013_05_28_drive_0000_sync"] and wide["num_queries"] == plain["num_queries"]
+    assert wide["gallery_cells"] > plain["gallery_cells"] and set(wide["published_recall"]) == {"1", "5", "10"}
+    assert main(args + ["--distractors", "0003"]) == 2  # a test scene
+    assert "test scenes" in capsys.readouterr().err
+    assert main(args[:4] + ["test"] + args[5:] + ["--distractors", "0000"]) == 2
+    assert "--split val" in capsys.readouterr().err
+
+
 def test_eval_measures_the_fine_stage_object_order_sensitivity(tiny_dataset, tiny_weights, capsys):
     args = ["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", str(tiny_weights),
             "--cache", str(tiny_weights / "cache"), "--order-sensitivity", "12"]

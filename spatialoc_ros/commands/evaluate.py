@@ -18,6 +18,9 @@ def add_eval_command(commands) -> None:
     p.add_argument("--fit-calibration", action="store_true",
                    help="fit the covariance calibration on these queries (use --split val) and write "
                         "WEIGHTS/calibration.json")
+    p.add_argument("--distractors", default=[], nargs="+", metavar="SCENE",
+                   help="with --split val: add these (training) scenes' cells to the gallery as wrong answers, "
+                        "e.g. to fit the calibration against a gallery as large as the map it will serve")
     p.add_argument("--reports", default=None, nargs="+", metavar="FILE.json",
                    help="tabulate (and --plot) reports saved from earlier '--json' runs instead of evaluating")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="draw recall@k against k for each --weights folder (or --reports file)")
@@ -48,7 +51,7 @@ def _run_eval(args) -> int:
         raise SpatialocError("--order-sensitivity measures on validation queries: use --split val")
     reports = [evaluate(args.data, args.split, w, args.queries, cache=args.cache, device=args.device,
                         progress=not (args.quiet or args.json), fit_calibration=args.fit_calibration,
-                        show=args.show, show_dir=args.out)
+                        show=args.show, show_dir=args.out, distractors=args.distractors)
                for w in args.weights]
     if args.order_sensitivity:
         from ..evaluation.order_sensitivity import measure_order_sensitivity

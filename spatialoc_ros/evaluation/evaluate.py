@@ -73,7 +73,8 @@ def best_cell_ids(queries: List[Query], cells) -> List[str]:
 
 def evaluate(data: str, split: str, weights: str = "models", queries_file: Optional[str] = None,
              cache: Optional[str] = None, device: str = "auto", progress: bool = True,
-             fit_calibration: bool = False, show: int = 0, show_dir: Optional[str] = None) -> dict:
+             fit_calibration: bool = False, show: int = 0, show_dir: Optional[str] = None,
+             distractors: Sequence[str] = ()) -> dict:
     """The evaluation report (the JSON of ``spatialoc eval --json``).
 
     With fine weights in ``weights`` the whole pipeline runs (retrieval and
@@ -81,10 +82,20 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
     ``fit_calibration`` fits the covariance calibration on these queries and
     writes it to ``weights/calibration.json`` (do it on the validation split).
     ``show`` draws that many queries (a fixed random sample) into ``show_dir``.
+    ``distractors``: scenes whose cells join the gallery as wrong answers only
+    (their queries are not asked), e.g. training scenes to fit the calibration
+    on validation queries against a gallery as large as a city's.
     """
+    from ..data.constants import SPLITS
     from ..data.kitti360pose import load_split
+    from ..data.show import resolve_scene
 
     data_split = load_split(data, split)
+    distractors = sorted({resolve_scene(d) for d in distractors} - set(data_split.scenes))
+    if distractors and split != "val":
+        raise SpatialocError("--distractors widens the validation gallery: use --split val")
+    if set(distractors) & set(SPLITS["test"]):
+        raise SpatialocError("--distractors: test scenes cannot take part in a validation run")
     if queries_file:
         queries = read_queries(queries_file)
     else:
@@ -99,7 +110,11 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
     report = {"split": split, "num_queries": len(queries), "weights": str(weights)}
     if (Path(weights) / "fine.safetensors").exists():
         report.update(_pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit_calibration,
-                                show, show_dir))
+                                show, show_dir, distractors))
+        if distractors:
+            report["distractors"] = distractors
+    elif distractors:
+        raise SpatialocError("--distractors needs fine weights (it is for the localization figures)")
     elif fit_calibration or show:
         raise SpatialocError(f"{weights}: no fine.safetensors, so there is no position to calibrate or draw")
     else:
@@ -125,7 +140,8 @@ def _retrieval(data, split, data_split, weights, queries, gt, cache, device, pro
             "score_terms": list(stage.score_terms)}
 
 
-def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit, show=0, show_dir=None) -> dict:
+def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit, show=0, show_dir=None,
+              distractors=()) -> dict:
     """Coarse + fine: retrieval and localization recall, calibration of the published covariance."""
     import torch
     from tqdm import tqdm
@@ -137,8 +153,8 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     from .coarse_eval import retrieval_metrics
     from .localization import calibration_report, candidate_errors, fit_calibration, localization_recall
 
-    loc = Localizer(data, weights, scenes=data_split.scenes, device=device, cache=cache, top_k=max(CURVE_KS),
-                    progress=progress)
+    loc = Localizer(data, weights, scenes=list(data_split.scenes) + list(distractors), device=device, cache=cache,
+                    top_k=max(CURVE_KS), progress=progress)
     loc.encode_sentences(sorted({s for q in queries for s in q.hints}))
     parts = []
     for start in tqdm(range(0, len(queries), 64), desc="queries", unit="batch", disable=not progress):
@@ -167,8 +183,9 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
                                            torch.from_numpy(scenes[cand.rows.numpy()] == query_scene))
         loc.calibration.consensus_beta, loc.calibration.consensus_bandwidth_m = beta, bandwidth
         ordered = loc.consensus(cand, informative)
+        gallery = f", gallery {loc.num_cells} cells with {', '.join(distractors)}" if distractors else ""
         cal, _ = fit_calibration(cand.positions, weighted, cand.precision, cand.cell_size, truth,
-                                 fitted_on=f"{data_split.name}: {len(queries)} queries",
+                                 fitted_on=f"{data_split.name}: {len(queries)} queries{gallery}",
                                  centre=ordered.positions[:, 0], consensus=(beta, bandwidth))
         path = Path(weights) / CALIBRATION_FILE
         path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
