@@ -54,8 +54,8 @@ def mean_shift(positions: torch.Tensor, weights: torch.Tensor, bandwidth: float,
     modes = positions.clone()
     for _ in range(MEAN_SHIFT_STEPS):
         k = weights[:, None, :] * _kernel(modes, positions, bandwidth) * same
-        shifted = torch.einsum("bpk,bkd->bpd", k, positions) / k.sum(-1, keepdim=True).clamp(min=1e-300)
-        shifted = torch.where(k.sum(-1, keepdim=True) > 0, shifted, modes)
+        mass = k.sum(-1, keepdim=True)
+        shifted = torch.where(mass > 0, torch.einsum("bpk,bkd->bpd", k, positions) / mass.clamp(min=1e-300), modes)
         moved = (shifted - modes).norm(dim=-1).max()
         modes = shifted
         if float(moved) < MEAN_SHIFT_TOL_M:

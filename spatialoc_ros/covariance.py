@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["Calibration", "hypothesis_variance", "mixture_covariance", "mixture_weights",
+__all__ = ["Calibration", "hypothesis_variance", "informative_scores", "mixture_covariance", "mixture_weights",
            "published_covariance", "sigma_radius_m"]
 
 MIN_VARIANCE_M2 = 1e-4  # keeps every published matrix positive definite
@@ -75,6 +75,11 @@ def hypothesis_variance(precision: torch.Tensor, cell_size: torch.Tensor, scale:
     return var.clamp(MIN_VARIANCE_M2, MAX_VARIANCE_M2)
 
 
+def informative_scores(scores: torch.Tensor, informative: Optional[torch.Tensor]) -> torch.Tensor:
+    """scores [B, K] scaled by each query's share of sentences naming a known class or colour [B] (None: 1)."""
+    return scores if informative is None else scores * informative.to(scores.dtype)[:, None]
+
+
 def mixture_weights(scores: torch.Tensor, beta: float) -> torch.Tensor:
     """w [B, K] = softmax(beta · scores) over the K hypotheses of each query."""
     return torch.softmax(beta * scores, dim=-1)
@@ -105,6 +110,5 @@ def published_covariance(positions: torch.Tensor, scores: torch.Tensor, precisio
     position (default the best cell's).
     """
     var = hypothesis_variance(precision, cell_size, cal.scale)
-    if informative is not None:
-        scores = scores * informative.to(scores.dtype)[:, None]
-    return mixture_covariance(positions, var, mixture_weights(scores, cal.beta), centre)
+    weights = mixture_weights(informative_scores(scores, informative), cal.beta)
+    return mixture_covariance(positions, var, weights, centre)

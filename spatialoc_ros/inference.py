@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .covariance import Calibration, hypothesis_variance, published_covariance, sigma_radius_m
+from .covariance import Calibration, hypothesis_variance, informative_scores, published_covariance, sigma_radius_m
 from .errors import SpatialocError
 from .networks.outputs import CoarseOutputs
 from .query_text import DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS, check_hints, check_text, recognised_hints
@@ -261,9 +261,7 @@ class Localizer:
         cal = self.calibration
         if cal.consensus_bandwidth_m <= 0:
             return cand
-        scores = cand.scores.double()
-        if informative is not None:
-            scores = scores * informative.to(scores.dtype)[:, None]
+        scores = informative_scores(cand.scores.double(), informative)
         return cand.reordered(consensus_order(cand.cell_positions, scores, cal.consensus_beta,
                                               cal.consensus_bandwidth_m, self.scene_index[cand.rows]))
 

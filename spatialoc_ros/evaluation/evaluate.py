@@ -147,7 +147,7 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     from tqdm import tqdm
 
     from ..consensus import fit_consensus
-    from ..covariance import published_covariance
+    from ..covariance import informative_scores, published_covariance
     from ..inference import CALIBRATION_FILE, Candidates, Localizer
     from ..query_text import recognised_hints
     from .coarse_eval import retrieval_metrics
@@ -166,8 +166,11 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     query_scene = np.array([q.scene for q in queries])[:, None]
     scenes = np.array([c.scene for c in loc.cells])
 
+    def same_scene(c: Candidates) -> torch.Tensor:
+        return torch.from_numpy(scenes[c.rows.numpy()] == query_scene)
+
     def errors_of(c: Candidates) -> torch.Tensor:
-        return candidate_errors(c.positions, torch.from_numpy(scenes[c.rows.numpy()] == query_scene), truth)
+        return candidate_errors(c.positions, same_scene(c), truth)
 
     errors = errors_of(cand)  # the protocol: retrieval order, each cell's own position
     gt_rows = loc.coarse.gallery.rows(gt)
@@ -177,12 +180,13 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
            "localization_recall": localization_recall(errors),
            "score_terms": list(loc.coarse.score_terms)}
     informative = torch.tensor([recognised_hints(q.hints) / len(q.hints) for q in queries])
-    weighted = cand.scores * informative.to(cand.scores.dtype)[:, None]  # what the published answer uses
+    weighted = informative_scores(cand.scores, informative)  # what the published answer uses
     if fit:
         beta, bandwidth, _ = fit_consensus(cand.positions, weighted, loc.scene_index[cand.rows], truth,
-                                           torch.from_numpy(scenes[cand.rows.numpy()] == query_scene))
+                                           same_scene(cand))
         loc.calibration.consensus_beta, loc.calibration.consensus_bandwidth_m = beta, bandwidth
-        ordered = loc.consensus(cand, informative)
+    ordered = loc.consensus(cand, informative)  # the fit of the covariance below leaves the order as it is
+    if fit:
         gallery = f", gallery {loc.num_cells} cells with {', '.join(distractors)}" if distractors else ""
         cal, _ = fit_calibration(cand.positions, weighted, cand.precision, cand.cell_size, truth,
                                  fitted_on=f"{data_split.name}: {len(queries)} queries{gallery}",
@@ -191,7 +195,6 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
         path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
         loc.calibration = cal
         out["calibration_file"] = str(path)
-    ordered = loc.consensus(cand, informative)
     published = errors_of(ordered)
     out["published_recall"] = localization_recall(published)
     cov = published_covariance(cand.positions, cand.scores, cand.precision, cand.cell_size, loc.calibration,
