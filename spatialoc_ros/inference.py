@@ -3,30 +3,29 @@
     text ─ check, split into sentences ─ token embeddings (frozen encoder, cached per sentence)
          ─ coarse stage: text descriptors, fused score against every cell (gallery precomputed)
          ─ top-k cells ─ fine stage (UGFL) on each: offset δ from the cell centre, precision λ
-         ─ consensus of overlapping cells (:mod:`.consensus`): order and best position
-         ─ world positions (+ ground height), covariances (:mod:`.covariance`)
+         ─ consensus of overlapping cells (:mod:`.core.consensus`): order and best position
+         ─ world positions (+ ground height), covariances (:mod:`.core.covariance`)
 
-The map is a KITTI360Pose folder (all its scenes, or those named). The gallery
-(cell bank of frozen PointNet++ features and coarse descriptors) is built on the
-first start and cached on disk; later starts load it. Each stage is timed.
+The map comes from a map source (:mod:`.core.map_source`; today a KITTI360Pose
+folder, all its scenes or those named), the models from one weights bundle
+(:mod:`.core.weights`), the top-k cells from a retriever (:mod:`.core.retriever`).
+The gallery (cell bank of frozen PointNet++ features and coarse descriptors) is
+built on the first start and cached on disk, keyed by the cells' content and the
+weights; later starts load it. Each stage is timed.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .covariance import Calibration, hypothesis_variance, informative_scores, published_covariance, sigma_radius_m
-from .errors import SpatialocError
+from .core.covariance import Calibration, hypothesis_variance, informative_scores, published_covariance, sigma_radius_m
 from .networks.outputs import CoarseOutputs
-from .query_text import DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS, check_hints, check_text, recognised_hints
+from .core.query_text import DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS, check_hints, check_text, recognised_hints
 
-CALIBRATION_FILE = "calibration.json"
 MAX_CACHED_SENTENCES = 50_000  # the in-memory token cache starts over beyond this
 
 
@@ -41,7 +40,7 @@ class Hypothesis:
     position: np.ndarray  # [3] world metres: x, y from the fine stage, z the ground height there
     covariance_xy: np.ndarray  # [2, 2] m², this hypothesis' own (calibrated) variance
     precision: float  # λ of the fine stage, normalised cell units; nan for a model without the λ head
-    agreeing: int = 1  # top-k cells whose positions agree on this place (:mod:`.consensus`), itself included
+    agreeing: int = 1  # top-k cells whose positions agree on this place (:mod:`.core.consensus`), itself included
 
     def to_json(self) -> dict:
         return {"rank": self.rank, "cell_id": self.cell_id, "scene": self.scene, "score": self.score,
@@ -97,90 +96,46 @@ class Candidates:
 
     def reordered(self, c) -> "Candidates":
         """The same cells in the order of a :class:`~.consensus.Consensus`, at its positions."""
-        from .consensus import reorder
+        from .core.consensus import reorder
 
         return Candidates(reorder(c.order, self.rows), reorder(c.order, self.scores), c.positions,
                           reorder(c.order, self.precision), reorder(c.order, self.cell_size),
                           reorder(c.order, self.cell_positions), c.agreeing)
 
 
-def split_label(scenes: Sequence[str]) -> str:
-    """The split whose scenes these are (names the cache files), else "map"."""
-    from .data.constants import SPLITS, scene_short_name
-
-    short = sorted(s if len(s) == 4 else scene_short_name(s) for s in scenes)
-    for name, split_scenes in SPLITS.items():
-        if sorted(s if len(s) == 4 else scene_short_name(s) for s in split_scenes) == short:
-            return name
-    return "map"
-
-
-def load_calibration(weights) -> Calibration:
-    """``weights/calibration.json`` if present (written by ``spatialoc eval --fit-calibration``)."""
-    path = Path(weights) / CALIBRATION_FILE
-    if not path.exists():
-        return Calibration()
-    try:
-        return Calibration.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SpatialocError(f"{path}: not a calibration file ({exc})") from None
-
-
-def load_fine_model(weights, coarse_config: dict, device="cpu"):
-    """The fine model of ``weights/fine``, checked against the coarse stage it will follow."""
-    from .networks.checkpoint import load_checkpoint
-    from .networks.ugfl import FineConfig, FineModel
-
-    stem = Path(weights) / "fine"
-    if not Path(f"{stem}.safetensors").exists():
-        raise SpatialocError(f"{stem}.safetensors: no fine weights (train them with `spatialoc train fine`)")
-    model, config = load_checkpoint(lambda cfg: FineModel(FineConfig.from_dict(cfg["architecture"])), stem)
-    if config.get("text_encoder") != coarse_config.get("text_encoder"):
-        raise SpatialocError(f"{stem}.json: the fine stage was trained with text encoder "
-                             f"{config.get('text_encoder')!r}, the coarse stage with "
-                             f"{coarse_config.get('text_encoder')!r}")
-    digest = config.get("pointnet", {}).get("digest")
-    if digest and digest != coarse_config.get("pointnet", {}).get("digest"):
-        raise SpatialocError(f"{stem}.json: the fine stage was trained on other PointNet++ features "
-                             f"(digest {digest}) than the coarse stage")
-    return model.to(device).eval(), config
-
-
 class Localizer:
-    """Localize text in one map with one weights folder (ROS-free)."""
+    """Localize text in one map with one weights folder (ROS-free).
+
+    ``map_dir`` is a map folder (:func:`~.core.map_source.open_map`) or a
+    :class:`~.core.map_source.MapSource`; ``weights`` a weights folder or a loaded
+    :class:`~.core.weights.WeightsBundle`; ``retriever`` a name in
+    :data:`~.core.retriever.RETRIEVERS`.
+    """
 
     def __init__(self, map_dir, weights="models", scenes: Optional[Sequence[str]] = None, device="auto",
                  cache=None, top_k: int = 10, max_chars: int = DEFAULT_MAX_CHARS,
-                 max_hints: int = DEFAULT_MAX_HINTS, progress: bool = False):
+                 max_hints: int = DEFAULT_MAX_HINTS, progress: bool = False, retriever: str = "exhaustive"):
+        from .core.coarse_stage import load_coarse_stage
+        from .core.device import pick_device
+        from .core.map_source import MapSource, open_map
+        from .core.retriever import make_retriever
+        from .core.text_cache import TextCache
+        from .core.weights import WeightsBundle, check_files
         from .data.ground import GroundHeights
-        from .data.kitti360pose import available_scenes, load_split
-        from .data.show import resolve_scene
-        from .evaluation.loading import load_coarse_stage
-        from .evaluation.retrieval import GalleryScorer
-        from .networks.text_encoder import FrozenTextEncoder
-        from .training.runtime import pick_device
-        from .training.text_cache import TextCache
 
         start = time.perf_counter()
-        if not Path(map_dir).is_dir():
-            raise SpatialocError(f"{map_dir}: no such map folder")
-        available = available_scenes(map_dir)
-        scenes = [resolve_scene(s, available) for s in scenes] if scenes else available
-        if not scenes:
-            raise SpatialocError(f"{map_dir}: no scene with both a cells and a poses file")
-        for name in ("pointnet", "coarse", "fine"):  # before any slow work: say what is missing
-            if not (Path(weights) / f"{name}.safetensors").exists():
-                raise SpatialocError(f"{Path(weights) / name}.safetensors: no {name} weights in {weights}")
+        self.map = map_dir if isinstance(map_dir, MapSource) else open_map(map_dir, scenes)
+        if not isinstance(weights, WeightsBundle):
+            check_files(weights)  # before any slow work: say what is missing
         self.device = pick_device(device)
-        self.map = load_split(map_dir, scenes)
-        self.weights = Path(weights)
         self.top_k, self.max_chars, self.max_hints = top_k, max_chars, max_hints
-        self.coarse = load_coarse_stage(str(weights), str(map_dir), split_label(scenes), self.map.cells, None,
-                                        cache=cache, device=self.device, progress=progress)
-        self.fine, self.fine_config = load_fine_model(weights, self.coarse.config, self.device)
-        self.calibration = load_calibration(weights)
-        self.scorer = GalleryScorer(self.coarse.gallery.descriptors, self.coarse.score_terms)
-        self.text = TextCache(FrozenTextEncoder(self.coarse.config["text_encoder"]))
+        self.weights = weights if isinstance(weights, WeightsBundle) else WeightsBundle.load(weights, self.device)
+        self.coarse = load_coarse_stage(self.weights, str(self.map.path), self.map.name, self.map.cells, None,
+                                        cache=cache, progress=progress)
+        self.fine, self.fine_config = self.weights.fine, self.weights.fine_config
+        self.calibration = self.weights.calibration
+        self.retriever = make_retriever(retriever, self.coarse.gallery, self.weights.score_terms)
+        self.text = TextCache(self.weights.text_encoder())
         self.ground = GroundHeights()
         self.cells = [self.map.cells_by_id[i] for i in self.coarse.gallery.ids]  # gallery order
         self._cell_size = torch.tensor([c.cell_size for c in self.cells], dtype=torch.float64)
@@ -215,7 +170,7 @@ class Localizer:
     def encode_sentences(self, sentences: Sequence[str]) -> None:
         """Token embeddings of sentences not seen before (the cache is bounded)."""
         if len(self.text) > MAX_CACHED_SENTENCES:
-            from .training.text_cache import TextCache
+            from .core.text_cache import TextCache
 
             self.text = TextCache(self.text.encoder)
         self.text.add(list(sentences))
@@ -226,14 +181,14 @@ class Localizer:
     def candidates(self, hint_lists: Sequence[Sequence[str]], top_k: int,
                    timing: Optional[dict] = None) -> Candidates:
         """Top-k cells of each query and the fine stage's position and precision in each."""
-        from .training.text_batches import text_batch
+        from .core.text_cache import text_batch
 
         t0 = time.perf_counter()
         k = min(top_k, self.num_cells)
         batch = {n: v.to(self.device) for n, v in text_batch(self.text, hint_lists).items()}
         query = self.coarse.model.encode_text(**batch)
         query = CoarseOutputs(**{n: None if v is None else v.cpu() for n, v in vars(query).items()})
-        scores, rows = self.scorer(query).topk(k, dim=1)                          # [B, K]
+        scores, rows = self.retriever.top_k(query, k)                             # [B, K]
         t1 = time.perf_counter()
         b = len(hint_lists)
         text_k = dict(batch, hint_index=batch["hint_index"].repeat_interleave(k, 0),
@@ -256,7 +211,7 @@ class Localizer:
         Unchanged (retrieval order, each cell's own position) without a fitted consensus.
         ``informative`` [B]: the share of each query's sentences that name a known class or colour.
         """
-        from .consensus import consensus_order
+        from .core.consensus import consensus_order
 
         cal = self.calibration
         if cal.consensus_bandwidth_m <= 0:

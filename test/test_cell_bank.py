@@ -6,7 +6,7 @@ import torch
 from spatialoc_ros.data.constants import INSTANCE_CLASSES
 from spatialoc_ros.data.kitti360pose import load_split
 from spatialoc_ros.networks.pointnet import PointNet2, fold_batchnorm
-from spatialoc_ros.training.cell_bank import CellBank, _object_seed, build_cell_bank, cell_seed
+from spatialoc_ros.core.cell_bank import CellBank, _object_seed, build_cell_bank, cell_seed
 from spatialoc_ros.training.objects import objects_to_batch
 
 

@@ -1,8 +1,8 @@
 """Consensus of overlapping cells: order, fused position, scenes kept apart, the fit, and its storage."""
 import torch
 
-from spatialoc_ros.consensus import consensus_order, fit_consensus, mean_shift
-from spatialoc_ros.covariance import Calibration, mixture_covariance
+from spatialoc_ros.core.consensus import consensus_order, fit_consensus, mean_shift
+from spatialoc_ros.core.covariance import Calibration, mixture_covariance
 
 
 def cluster_and_decoy():

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from spatialoc_ros.covariance import (Calibration, MAX_VARIANCE_M2, hypothesis_variance, mixture_covariance,
+from spatialoc_ros.core.covariance import (Calibration, MAX_VARIANCE_M2, hypothesis_variance, mixture_covariance,
                                       mixture_weights)
 from spatialoc_ros.evaluation.localization import (COVERAGE_TOLERANCE, TARGET_1SIGMA, TARGET_2SIGMA,
                                                    calibration_report, candidate_errors, fit_calibration, gaussian_nll,

@@ -2,9 +2,9 @@
 import torch
 import torch.nn.functional as F
 
-from spatialoc_ros.evaluation import retrieval
-from spatialoc_ros.evaluation.retrieval import GalleryScorer, zscore
-from spatialoc_ros.gallery import Gallery, gallery_key, load_or_encode_gallery
+from spatialoc_ros.core import retrieval
+from spatialoc_ros.core.retrieval import GalleryScorer, zscore
+from spatialoc_ros.core.gallery import Gallery, gallery_key, load_or_encode_gallery
 from spatialoc_ros.networks.outputs import CoarseOutputs
 from spatialoc_ros.training.losses import set_similarity
 
@@ -72,7 +72,7 @@ class _Bank:
 
 
 def test_gallery_is_encoded_once_per_weights_and_map(tmp_path, monkeypatch):
-    from spatialoc_ros.evaluation import coarse_eval
+    from spatialoc_ros.core import encoding
 
     _, desc = random_pair(c=4)
     calls = []
@@ -81,7 +81,7 @@ def test_gallery_is_encoded_once_per_weights_and_map(tmp_path, monkeypatch):
         calls.append(list(bank.ids))
         return desc
 
-    monkeypatch.setattr(coarse_eval, "encode_gallery", fake_encode)
+    monkeypatch.setattr(encoding, "encode_gallery", fake_encode)
     weights = tmp_path / "coarse.safetensors"
     weights.write_bytes(b"weights v1")
     bank = _Bank(["a", "b", "c", "d"])
@@ -102,7 +102,7 @@ def test_gallery_is_encoded_once_per_weights_and_map(tmp_path, monkeypatch):
 def test_cache_moves_to_the_home_folder_when_the_dataset_is_read_only(tmp_path, monkeypatch):
     import os
 
-    from spatialoc_ros.training.frozen_inputs import cache_dir
+    from spatialoc_ros.core.frozen_inputs import cache_dir
 
     data = tmp_path / "dataset"
     data.mkdir()

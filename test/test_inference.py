@@ -8,8 +8,9 @@ import torch
 
 from spatialoc_ros.cli import main
 from spatialoc_ros.errors import SpatialocError
-from spatialoc_ros.inference import CALIBRATION_FILE, Localizer
-from spatialoc_ros.query_text import QueryRejected
+from spatialoc_ros.core.weights import CALIBRATION_FILE, load_calibration
+from spatialoc_ros.inference import Localizer
+from spatialoc_ros.core.query_text import QueryRejected
 
 VAL_SCENE = "2013_05_28_drive_0010_sync"
 GOOD = "The pose is north of a gray building. The pose is on-top of a dark-green sidewalk."
@@ -49,8 +50,8 @@ def test_batch_and_single_query_agree(localizer):
 
 
 def test_a_fitted_consensus_reorders_the_same_cells_and_publishes_their_mode(localizer):
-    from spatialoc_ros.consensus import consensus_order
-    from spatialoc_ros.covariance import Calibration
+    from spatialoc_ros.core.consensus import consensus_order
+    from spatialoc_ros.core.covariance import Calibration
 
     plain = localizer.localize(GOOD)
     saved = localizer.calibration
@@ -81,13 +82,13 @@ def test_bad_text_is_refused_and_unknown_words_widen_the_ellipse(localizer, tiny
             localizer.localize(text)
     (tiny_weights / CALIBRATION_FILE).write_text(json.dumps({"scale": 0.01, "beta": 64.0, **consensus}))
     try:
-        localizer.calibration = __import__("spatialoc_ros.inference", fromlist=["x"]).load_calibration(tiny_weights)
+        localizer.calibration = load_calibration(tiny_weights)
         assert localizer.calibration.consensus_bandwidth_m == consensus.get("consensus_bandwidth_m", 0.0)
         good = localizer.localize(GOOD)
         vague = localizer.localize("Lorem ipsum dolor sit amet. Consectetur adipiscing elit.")
     finally:
         (tiny_weights / CALIBRATION_FILE).unlink()
-        localizer.calibration = __import__("spatialoc_ros.covariance", fromlist=["x"]).Calibration()
+        localizer.calibration = __import__("spatialoc_ros.core.covariance", fromlist=["x"]).Calibration()
     assert vague.recognised_hints == 0 and len(vague.hypotheses) == 5
     assert vague.sigma_m > 2 * good.sigma_m
 

@@ -4,7 +4,7 @@ import pytest
 
 from spatialoc_ros.data.ground import GroundHeights
 from spatialoc_ros.data.schema import Cell, Object3d
-from spatialoc_ros.query_text import QueryRejected, check_hints, check_text, recognised_hints
+from spatialoc_ros.core.query_text import QueryRejected, check_hints, check_text, recognised_hints
 
 
 @pytest.mark.parametrize("text, status", [

@@ -14,7 +14,7 @@ from visualization_msgs.msg import Marker
 from spatialoc_ros.data.schema import Cell, Object3d
 from spatialoc_ros.inference import Hypothesis, Localization
 from spatialoc_ros.msg import LocalizationResult
-from spatialoc_ros.query_text import QueryRejected, check_text
+from spatialoc_ros.core.query_text import QueryRejected, check_text
 from spatialoc_ros.ros.conversions import (MAX_COVARIANCE, confidence, pose_covariance, pose_stamped,
                                            result_msg, safe_covariance_xy, status_code)
 from spatialoc_ros.ros.map_cloud import map_points, pack_rgb, xyzrgb_cloud

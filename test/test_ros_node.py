@@ -482,7 +482,7 @@ class FakeLocalizer:
 
     def localize(self, text):
         from spatialoc_ros.inference import Hypothesis, Localization
-        from spatialoc_ros.query_text import check_text
+        from spatialoc_ros.core.query_text import check_text
 
         if FakeLocalizer.release is not None:
             FakeLocalizer.release.wait(30)

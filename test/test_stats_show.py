@@ -240,7 +240,7 @@ def test_require_dataset_dir(tmp_path):
 
 
 def test_resolve_scene_accepts_short_and_full_names():
-    from spatialoc_ros.data.show import resolve_scene
+    from spatialoc_ros.data.kitti360pose import resolve_scene
 
     assert resolve_scene("0010") == VAL_SCENE
     assert resolve_scene(VAL_SCENE) == VAL_SCENE

@@ -11,7 +11,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from spatialoc_ros.errors import SpatialocError  # noqa: E402
 from spatialoc_ros.networks.text_encoder import FrozenTextEncoder, split_sentences  # noqa: E402
-from spatialoc_ros.training.text_cache import INDEX_FILE, TextCache  # noqa: E402
+from spatialoc_ros.core.text_cache import INDEX_FILE, TextCache  # noqa: E402
 
 HINTS = [
     "The pose is north of a gray pole.",

@@ -23,7 +23,7 @@ def add_localize_command(commands) -> None:
 def _run_localize(args) -> int:
     from ..errors import SpatialocError
     from ..inference import Localizer
-    from ..query_text import check_text
+    from ..core.query_text import check_text
 
     if args.top_k < 1:
         raise SpatialocError(f"--top-k must be at least 1, got {args.top_k}")

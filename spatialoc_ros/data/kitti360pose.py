@@ -24,9 +24,10 @@ from typing import Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
+from ..atomic import write_bytes
 from ..errors import DataError
 from . import legacy
-from .constants import MIN_CELLS_PER_SPLIT, SPLITS
+from .constants import ALL_SCENES, MIN_CELLS_PER_SPLIT, SPLITS, scene_short_name
 from .schema import Cell, Hint, Object3d, Pose
 
 # Neighbour keys of direction/<scene>.json by the offset (dx, dy) of the bbox
@@ -285,6 +286,21 @@ def available_scenes(root) -> List[str]:
     return sorted(s for s in scenes if poses_path(root, s).is_file())
 
 
+def resolve_scene(scene: str, available: Sequence[str] = ()) -> str:
+    """A full drive name from a full or 4-digit short name; DataError if none fits."""
+    known = list(dict.fromkeys(list(available) + ALL_SCENES))
+    if scene in known:
+        return scene
+    for name in known:
+        try:
+            if scene_short_name(name) == scene:
+                return name
+        except ValueError:
+            continue
+    raise DataError(f"unknown scene {scene!r}; expected one of: "
+                    f"{', '.join(scene_short_name(s) for s in ALL_SCENES)} (or the full drive name)")
+
+
 def load_scene(root, scene: str) -> SceneData:
     """Load the cells, poses and (if present) the neighbour map of one scene."""
     _check_scene_name(scene)
@@ -455,22 +471,6 @@ def _convert_all(items, convert, path: Path, what: str) -> list:
         raise DataError(f"{path}: cannot write {exc}") from None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``:
-    readers never see a half-written file, and a failure leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_scene(root, scene: str, cells: List[Cell], poses: List[Pose], directions=True) -> None:
     """Write one scene in the original format.
 
@@ -486,7 +486,7 @@ def write_scene(root, scene: str, cells: List[Cell], poses: List[Pose], directio
     if directions is True:
         directions = neighbour_map(cells)
     json_bytes = None if directions is False or directions is None else json.dumps(directions, indent=4).encode()
-    _atomic_write(cpath, cells_bytes)
-    _atomic_write(ppath, poses_bytes)
+    write_bytes(cpath, cells_bytes)
+    write_bytes(ppath, poses_bytes)
     if json_bytes is not None:
-        _atomic_write(dpath, json_bytes)
+        write_bytes(dpath, json_bytes)

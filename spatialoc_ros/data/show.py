@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..atomic import save_figure
 from .constants import ALL_SCENES, CLASS_NAMES, scene_short_name
 from .schema import Cell, Pose
 
@@ -27,23 +28,6 @@ _PALETTE = [
 ]
 CLASS_COLORS: Dict[str, str] = dict(zip(CLASS_NAMES, _PALETTE))
 UNKNOWN_CLASS_COLOR = "#000000"
-
-
-def resolve_scene(scene: str, available: Sequence[str] = ()) -> str:
-    """A full drive name from a full or 4-digit short name; DataError if none fits."""
-    from ..errors import DataError
-
-    known = list(dict.fromkeys(list(available) + ALL_SCENES))
-    if scene in known:
-        return scene
-    for name in known:
-        try:
-            if scene_short_name(name) == scene:
-                return name
-        except ValueError:
-            continue
-    raise DataError(f"unknown scene {scene!r}; expected one of: "
-                    f"{', '.join(scene_short_name(s) for s in ALL_SCENES)} (or the full drive name)")
 
 
 def world_points(cells: Sequence[Cell], rng: np.random.Generator,
@@ -113,7 +97,7 @@ def render_scene(cells: Sequence[Cell], poses: Sequence[Pose], out, title: str,
     handles = _legend_handles(Line2D, classes, bool(poses), has_lines)
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    fig.savefig(out, bbox_inches="tight")
+    save_figure(fig, out, bbox_inches="tight")
     return out
 
 
@@ -180,7 +164,7 @@ def show_scene(root, scene: str, out, max_cells: Optional[int] = None, seed: int
     from .stats import require_dataset_dir
 
     require_dataset_dir(root)
-    full = resolve_scene(scene, kitti360pose.available_scenes(root))
+    full = kitti360pose.resolve_scene(scene, kitti360pose.available_scenes(root))
     data = kitti360pose.load_scene(root, full)
     cells, poses = _cells_subset(list(data.cells), list(data.poses), max_cells)
     n_objects = sum(len(c.objects) for c in cells)

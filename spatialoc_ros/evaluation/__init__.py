@@ -1,1 +1,1 @@
-"""Evaluation: coarse retrieval scoring and recall metrics."""
+"""Evaluation: the papers' protocol, calibration, reports, pictures and speed (on top of the core)."""

@@ -42,7 +42,7 @@ def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
 
     from ..inference import Localizer
     from ..networks.text_encoder import split_sentences
-    from ..training.text_cache import TextCache
+    from ..core.text_cache import TextCache
 
     out = {"map": str(map_dir), "top_k": top_k}
     if rebuild:

@@ -88,7 +88,7 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
     """
     from ..data.constants import SPLITS
     from ..data.kitti360pose import load_split
-    from ..data.show import resolve_scene
+    from ..data.kitti360pose import resolve_scene
 
     data_split = load_split(data, split)
     distractors = sorted({resolve_scene(d) for d in distractors} - set(data_split.scenes))
@@ -124,9 +124,10 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
 
 def _retrieval(data, split, data_split, weights, queries, gt, cache, device, progress) -> dict:
     """Coarse weights only: retrieval recall."""
-    from ..training.runtime import pick_device
-    from .coarse_eval import encode_queries, rank_cells, retrieval_metrics
-    from .loading import load_coarse_stage
+    from ..core.device import pick_device
+    from ..core.encoding import encode_queries
+    from ..core.retrieval import rank_cells, retrieval_metrics
+    from ..core.coarse_stage import load_coarse_stage
 
     dev = pick_device(device)
     stage = load_coarse_stage(weights, data, split, data_split.cells, [q.hints for q in queries], cache=cache,
@@ -146,11 +147,13 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     import torch
     from tqdm import tqdm
 
-    from ..consensus import fit_consensus
-    from ..covariance import informative_scores, published_covariance
-    from ..inference import CALIBRATION_FILE, Candidates, Localizer
-    from ..query_text import recognised_hints
-    from .coarse_eval import retrieval_metrics
+    from ..atomic import write_json
+    from ..core.consensus import fit_consensus
+    from ..core.covariance import informative_scores, published_covariance
+    from ..core.weights import CALIBRATION_FILE
+    from ..inference import Candidates, Localizer
+    from ..core.query_text import recognised_hints
+    from ..core.retrieval import retrieval_metrics
     from .localization import calibration_report, candidate_errors, fit_calibration, localization_recall
 
     loc = Localizer(data, weights, scenes=list(data_split.scenes) + list(distractors), device=device, cache=cache,
@@ -192,7 +195,7 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
                                  fitted_on=f"{data_split.name}: {len(queries)} queries{gallery}",
                                  centre=ordered.positions[:, 0], consensus=(beta, bandwidth))
         path = Path(weights) / CALIBRATION_FILE
-        path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
+        write_json(path, cal.to_dict())
         loc.calibration = cal
         out["calibration_file"] = str(path)
     published = errors_of(ordered)

@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..covariance import (Calibration, hypothesis_variance, mixture_covariance, mixture_weights,
+from ..core.covariance import (Calibration, hypothesis_variance, mixture_covariance, mixture_weights,
                           published_covariance)
 
 LOCALIZATION_KS = (1, 5, 10)

@@ -24,21 +24,28 @@ def _stats(values: np.ndarray) -> Dict[str, float]:
 def measure_order_sensitivity(data: str, weights: str, queries: int = 600, orders: int = 3, seed: int = 0,
                               cache=None, progress: bool = False) -> Dict[str, object]:
     """The ``order_sensitivity`` object of ``spatialoc eval --order-sensitivity N`` (validation split)."""
-    from ..inference import load_fine_model
+    from ..core.cell_bank import permute_objects
+    from ..core.encoding import predict_fine as predict
+    from ..core.frozen_inputs import cache_dir, load_banks, load_text_cache
+    from ..core.weights import load_fine_model
+    from ..data.kitti360pose import load_split
     from ..networks.checkpoint import load_config
-    from ..training.fine_trainer import permute_objects, predict
-    from ..training.run_data import load_run_data
 
     coarse_config = load_config(f"{weights}/coarse")
     model, config = load_fine_model(weights, coarse_config)
     model = model.float()
-    run = load_run_data(data, cache, f"{weights}/pointnet", config["text_encoder"], model.cfg.max_objects, seed,
-                        np.random.default_rng(seed), max_train_queries=1, max_val_queries=queries,
-                        progress=progress)
-    bank, val = run.banks["val"], run.val
-    hints = [run.val_hints[i] for i in run.val_ids]
-    rows = bank.rows([val.poses[i].cell_id for i in run.val_ids]).numpy()
-    sizes = np.array([val.cells_by_id[val.poses[i].cell_id].cell_size for i in run.val_ids])
+    val = load_split(data, "val")
+    rng = np.random.default_rng(seed)
+    ids = np.arange(len(val.poses))
+    if queries:
+        ids = np.sort(rng.choice(ids, min(queries, len(ids)), replace=False))
+    hints = [[h.text for h in val.poses[i].hints] for i in ids]
+    root = cache_dir(data, cache)
+    banks, _ = load_banks(root, f"{weights}/pointnet", {"val": val.cells}, model.cfg.max_objects, seed, progress)
+    bank = banks["val"]
+    text = load_text_cache(root, config["text_encoder"], sorted({s for h in hints for s in h}))
+    rows = bank.rows([val.poses[i].cell_id for i in ids]).numpy()
+    sizes = np.array([val.cells_by_id[val.poses[i].cell_id].cell_size for i in ids])
 
     class Permuted:  # the bank, each batch's valid objects in a fresh random order
         def __init__(self, rng):
@@ -48,15 +55,15 @@ def measure_order_sensitivity(data: str, weights: str, queries: int = 600, order
             return permute_objects(bank.batch(index), self.rng)
 
     with torch.inference_mode():
-        base, lam = predict(model, run.text, bank, hints, rows, "cpu")
+        base, lam = predict(model, text, bank, hints, rows, "cpu")
         moves, factors = [], []
         rng = np.random.default_rng(seed + 1)
         for _ in range(orders):
-            offset, lam_p = predict(model, run.text, Permuted(rng), hints, rows, "cpu")
+            offset, lam_p = predict(model, text, Permuted(rng), hints, rows, "cpu")
             moves.append(np.linalg.norm(offset - base, axis=1) * sizes)
             if lam is not None:
                 factors.append(np.maximum(lam_p / lam, lam / lam_p))
-        other, _ = predict(model, run.text, bank, hints, np.roll(rows, 1), "cpu")
+        other, _ = predict(model, text, bank, hints, np.roll(rows, 1), "cpu")
     out = {"queries": int(len(rows)), "orders": int(orders),
            "permuted_move_m": _stats(np.concatenate(moves)),
            "other_cell_move_m": _stats(np.linalg.norm(other - base, axis=1) * sizes)}

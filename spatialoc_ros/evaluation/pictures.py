@@ -15,6 +15,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ..atomic import save_figure
 from ..data.schema import Cell
 from ..data.show import _class_color, _draw_points, _legend_handles, world_points
 
@@ -99,7 +100,7 @@ def draw_localizations(shown: Sequence[Shown], cells_by_id: Dict[str, Cell], out
         Line2D([], [], color="blue", lw=1.5, label="top-k cells (best darkest)")]
     handles[-3].set_label("prediction (1σ filled, 2σ dashed)")
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    fig.savefig(out, bbox_inches="tight")
+    save_figure(fig, out, bbox_inches="tight")
     return out
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..atomic import save_figure
+
 
 def plot_recall_curves(reports: Sequence[dict], labels: Sequence[str], out) -> Path:
     """Retrieval recall@k against k, one line per evaluated model, into a PNG."""
@@ -27,5 +29,5 @@ def plot_recall_curves(reports: Sequence[dict], labels: Sequence[str], out) -> P
     ax.legend(loc="lower right", fontsize=8)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
+    save_figure(fig, out, bbox_inches="tight")
     return out

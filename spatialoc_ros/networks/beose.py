@@ -63,6 +63,8 @@ class GaussianAggregation(nn.Module):
         e   = esa(E*)                                   Linear D -> D        [B, N, N, D]
         A   = softmax_n(e)                              per channel          [B, N, N, D]
         Z   = mu(e) + exp(0.5 logvar(e)) * eps          3 components         [B, N, N, 3]
+              (mu has no bias: a bias adds one constant to every logit of
+              the softmax over n below, which cancels, so it could never learn)
               (eps ~ N(0, 1) in training; Z = mu(e) in eval)
         G   = softmax_n(mean_k Z)                       one weight per edge  [B, N, N]
         v_m = sum_n (0.5 A_mn + 0.5 G_mn) * e_mn                             [B, N, D]
@@ -85,8 +87,16 @@ class GaussianAggregation(nn.Module):
         self.mode = mode
         self.esa = nn.Linear(d, d)
         if mode == "gaussian":
-            self.mu = nn.Linear(d, GA_COMPONENTS)
+            self.mu = nn.Linear(d, GA_COMPONENTS, bias=False)
             self.logvar = nn.Linear(d, GA_COMPONENTS)
+
+    def upgrade_state_dict(self, state: dict, prefix: str) -> None:
+        """Checkpoints written before ``mu`` lost its bias carry ``mu.bias``; drop it.
+
+        It is inert there: mean_k(mu(e) + b) = mean_k mu(e) + mean(b) shifts every
+        logit of softmax_n by the same constant, so the weights G are unchanged.
+        """
+        state.pop(f"{prefix}mu.bias", None)
 
     def forward(self, edges: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """edges [B, N, N, D] (pair m, n), mask [B, N] bool -> descriptors [B, N, D]."""

@@ -9,7 +9,9 @@ Loading is strict: every tensor the model expects must be in the file with
 the same shape, and nothing else may be. A mismatch raises one line of
 :class:`~spatialoc_ros.errors.SpatialocError` naming the file, the first
 tensor whose shape differs (expected vs found) and the missing and
-unexpected keys.
+unexpected keys. Before the check, modules may upgrade an older file's
+entries (:func:`upgrade_state`), e.g. drop a parameter removed because it
+could never learn.
 
 Optimizer state (for resuming training) goes to a separate pair of files
 through :func:`save_optimizer` / :func:`load_optimizer`: tensors to
@@ -30,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import atomic_write, write_json
 from ..errors import SpatialocError
 
 PathLike = Union[str, os.PathLike]
@@ -56,27 +59,6 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-
-    _atomic_write(path, write)
-
-
 def _read_json(path: Path) -> dict:
     try:
         with open(path) as f:
@@ -93,7 +75,7 @@ def _read_json(path: Path) -> dict:
 def _write_tensors(path: Path, tensors: Dict[str, torch.Tensor]) -> None:
     # clone(): safetensors refuses tensors that share memory (tied weights, views).
     flat = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={"format": "pt"}))
 
 
 def _read_tensors(path: Path) -> Dict[str, torch.Tensor]:
@@ -137,6 +119,16 @@ def check_state(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor
     raise SpatialocError(f"{where}: does not match the model: " + "; ".join(parts))
 
 
+def upgrade_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Let each submodule with an ``upgrade_state_dict(state, prefix)`` method rewrite its
+    entries of an older checkpoint (e.g. drop a parameter that was removed); returns ``state``."""
+    for name, module in model.named_modules():
+        upgrade = getattr(module, "upgrade_state_dict", None)
+        if callable(upgrade):
+            upgrade(state, f"{name}." if name else "")
+    return state
+
+
 def save_checkpoint(model: nn.Module, path_stem: PathLike, config: Dict[str, Any],
                     dtype: Optional[torch.dtype] = None) -> Tuple[Path, Path]:
     """Write ``model.state_dict()`` and ``config`` (+ date, git commit); returns both paths.
@@ -154,7 +146,7 @@ def save_checkpoint(model: nn.Module, path_stem: PathLike, config: Dict[str, Any
         state = {k: v.to(dtype) if k in params and v.is_floating_point() else v for k, v in state.items()}
         meta["stored_dtype"] = str(dtype).replace("torch.", "")
     _write_tensors(tensor_path, state)
-    _write_json(json_path, {**meta, **config})
+    write_json(json_path, {**meta, **config})
     return tensor_path, json_path
 
 
@@ -185,7 +177,7 @@ def load_checkpoint(model_or_factory: Union[nn.Module, Factory], path_stem: Path
         except (KeyError, TypeError, ValueError) as e:
             raise SpatialocError(f"{json_path}: cannot build the model from this config "
                                  f"({type(e).__name__}: {e})") from None
-    state = _read_tensors(tensor_path)
+    state = upgrade_state(model, _read_tensors(tensor_path))
     check_state(model.state_dict(), state, str(tensor_path))
     for k, v in state.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
@@ -208,7 +200,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path_stem: PathLike) -> Non
             else:
                 scalars[f"{pid}.{name}"] = value
     _write_tensors(tensor_path, tensors)
-    _write_json(json_path, {"format": FORMAT, "optimizer": type(optimizer).__name__,
+    write_json(json_path, {"format": FORMAT, "optimizer": type(optimizer).__name__,
                             "param_groups": sd["param_groups"], "scalars": scalars})
 
 

@@ -60,7 +60,7 @@ class Answer:
 
     @property
     def sigma_m(self) -> float:
-        from ..covariance import sigma_radius_m
+        from ..core.covariance import sigma_radius_m
 
         return sigma_radius_m(self.covariance_xy)
 

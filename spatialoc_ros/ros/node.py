@@ -43,7 +43,7 @@ from visualization_msgs.msg import MarkerArray
 from spatialoc_ros.msg import LocalizationResult
 
 from ..errors import SpatialocError
-from ..query_text import QueryRejected, check_text
+from ..core.query_text import QueryRejected, check_text
 from .conversions import confidence, pose_stamped, result_msg, status_code
 from .declarations import declare_parameters, read_settings
 from .diagnostics import QueryStats, diagnostic_array

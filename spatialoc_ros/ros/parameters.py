@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple, Union
 
-from ..query_text import DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS
+from ..core.query_text import DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS
 
 Value = Union[bool, int, float, str, List[str]]
 

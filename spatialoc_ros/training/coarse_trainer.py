@@ -27,7 +27,7 @@ from ..networks.coarse import CoarseConfig, CoarseModel
 from .losses import coarse_loss
 from .queries import augment, flip_sentence, size_grouped_batches
 from .runtime import copy_pointnet, load_last, save_last, start_run
-from .text_batches import text_batch
+from ..core.text_cache import text_batch
 
 LOSS_TERMS = ("is", "io", "global")
 
@@ -74,7 +74,8 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
     """Train, validate every epoch, keep the best; returns the best metrics."""
     from tqdm import tqdm
 
-    from ..evaluation.coarse_eval import encode_gallery, encode_queries, rank_cells, retrieval_metrics
+    from ..core.encoding import encode_gallery, encode_queries
+    from ..core.retrieval import rank_cells, retrieval_metrics
     from ..networks.checkpoint import save_checkpoint
     from .run_data import load_run_data, standardise_counts
 

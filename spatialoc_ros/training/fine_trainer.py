@@ -35,7 +35,9 @@ from ..networks.ugfl import FineConfig, FineModel
 from .fine_losses import fine_loss
 from .queries import augment, size_grouped_batches
 from .runtime import copy_pointnet, load_last, save_last, start_run
-from .text_batches import text_batch
+from ..core.cell_bank import permute_objects
+from ..core.encoding import predict_fine
+from ..core.text_cache import text_batch
 
 RECALL_THRESHOLDS_M = (5, 10, 15)  # spec §9.4
 
@@ -141,20 +143,6 @@ class NeighbourCells:
         return ids[int(rng.choice(len(ids), p=probs))]
 
 
-def permute_objects(cells: dict, rng: np.random.Generator) -> dict:
-    """``CellBank.batch`` inputs with each row's valid objects in random order (padding stays at the end)."""
-    mask = cells["mask"]
-    n = mask.shape[1]
-    order = torch.empty(mask.shape, dtype=torch.long)
-    for b, length in enumerate(mask.sum(1).tolist()):
-        order[b] = torch.from_numpy(np.concatenate([rng.permutation(length), np.arange(length, n)]))
-    out = {}
-    for key, value in cells.items():
-        index = order.to(value.device).view(*order.shape, *([1] * (value.dim() - 2))).expand_as(value)
-        out[key] = value.gather(1, index)
-    return out
-
-
 def fine_metrics(offsets: np.ndarray, targets: np.ndarray, cell_sizes: np.ndarray,
                  precision: Optional[np.ndarray] = None) -> dict:
     """Errors in metres of predicted offsets [M, 2] against targets [M, 2] (cell-normalised).
@@ -182,24 +170,6 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     c = np.corrcoef(ra, rb)[0, 1]
     return float(c) if np.isfinite(c) else float("nan")
-
-
-@torch.no_grad()
-def predict(model: FineModel, cache, bank, hints: Sequence[Sequence[str]], rows: np.ndarray,
-            device, batch_size: int = 256):
-    """Offsets [M, 2] and precisions [M] (or None) of queries ``hints`` in bank rows ``rows``."""
-    model.eval()
-    offsets, precisions = [], []
-    for start in range(0, len(rows), batch_size):
-        sl = slice(start, start + batch_size)
-        text = {k: v.to(device) for k, v in text_batch(cache, hints[sl]).items()}
-        cells = {k: v.to(device) for k, v in bank.batch(torch.from_numpy(rows[sl])).items()}
-        out = model(text, cells)
-        offsets.append(out.offset.float().cpu())
-        if out.precision is not None:
-            precisions.append(out.precision.float().cpu())
-    offsets = torch.cat(offsets).numpy() if offsets else np.zeros((0, 2), np.float32)
-    return offsets, (torch.cat(precisions).numpy() if precisions else None)
 
 
 def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
@@ -284,7 +254,7 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
                   "loss": float(np.mean(running)) if running else float("nan"),
                   "pmc_moved": moved / max(1, sum(len(b) for b in batches)), "train_s": time.perf_counter() - t0}
         if dist.main:
-            offsets, precision = predict(model, cache, banks["val"], val_query_hints, val_rows, device)
+            offsets, precision = predict_fine(model, cache, banks["val"], val_query_hints, val_rows, device)
             record["val"] = fine_metrics(offsets, val_targets, val_sizes, precision)
             print(_summary(record))
             if state["best"] is None or record["val"]["mean_error_m"] < state["best"]:

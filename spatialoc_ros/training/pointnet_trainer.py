@@ -35,7 +35,7 @@ from ..networks.checkpoint import (load_checkpoint, load_config, load_optimizer,
                                    save_optimizer)
 from ..networks.pointnet import PointNet2
 from .objects import NUM_POINTS, ObjectSet, gather_objects
-from .runtime import pick_device
+from ..core.device import pick_device
 
 BEST, LAST, LAST_OPTIM = "pointnet", "pointnet_last", "pointnet_last_optim"
 MIN_LR_FRACTION = 0.05  # cosine schedule from lr down to lr * this

@@ -35,7 +35,7 @@ def load_run_data(data: str, cache: Optional[str], pointnet: str, text_encoder: 
     (the coarse stage's mirrored hints).
     """
     from ..data.kitti360pose import load_split
-    from .frozen_inputs import cache_dir, load_banks, load_text_cache
+    from ..core.frozen_inputs import cache_dir, load_banks, load_text_cache
     from .queries import pose_hints
 
     train, val = load_split(data, "train"), load_split(data, "val")

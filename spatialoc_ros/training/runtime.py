@@ -1,6 +1,5 @@
 """What every training run and every model user shares: the device, torchrun, the run folder, resuming.
 
-* :func:`pick_device` turns ``auto|cpu|cuda`` into a torch device (one clear error without a GPU);
 * :class:`Distributed` reads torchrun's environment and wraps a model in DDP when world > 1;
 * :func:`start_run` seeds, picks the device and creates the output folder;
 * :func:`load_last` / :func:`save_last` keep ``OUT/<stage>_last.pt``, what a resumed run needs
@@ -17,18 +16,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from ..errors import SpatialocError
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda"):
-        raise SpatialocError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SpatialocError("--device cuda: no CUDA device is available")
-    return torch.device(name)
+from ..atomic import atomic_write
+from ..core.device import pick_device
 
 
 class Distributed:
@@ -100,6 +89,4 @@ def save_last(path: Path, model, optimizer, state: dict, scheduler=None) -> None
     saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": json.dumps(state)}
     if scheduler is not None:
         saved["scheduler"] = scheduler.state_dict()
-    tmp = path.with_suffix(".tmp")
-    torch.save(saved, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(saved, tmp))

@@ -1,13 +1,13 @@
-"""Encode a gallery and queries with a coarse model, rank the cells, measure recall."""
+"""Batched encoding with the frozen-input caches: gallery cells and queries (coarse stage), fine predictions."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
+import numpy as np
 import torch
 
 from ..networks.outputs import CoarseOutputs
-from ..training.text_batches import text_batch
-from .retrieval import GalleryScorer, retrieval_recall, top_k
+from .text_cache import text_batch
 
 _CELL_FIELDS = ("p_glo", "p_obj", "p_rel", "p_mask")
 _TEXT_FIELDS = ("q_glo", "t_obj", "t_rel", "t_mask")
@@ -69,11 +69,19 @@ def encode_queries(model, cache, hints: Sequence[Sequence[str]], batch_size: int
     return _collect(chunks, _TEXT_FIELDS)
 
 
-def rank_cells(queries: CoarseOutputs, gallery: CoarseOutputs, scores: Sequence[str], k: int = 10) -> torch.Tensor:
-    """Gallery rows [B, k] of the best cells per query, best first (fused scores, spec §7.6)."""
-    return top_k(GalleryScorer(gallery, scores)(queries), k)
-
-
-def retrieval_metrics(topk_rows: torch.Tensor, gt_rows: torch.Tensor, ks=(1, 3, 5)) -> Dict[str, float]:
-    """{"1": r, "3": r, "5": r}: the share of queries whose ground-truth cell is in the top k."""
-    return {str(k): v for k, v in retrieval_recall(topk_rows, gt_rows, ks).items()}
+@torch.inference_mode()
+def predict_fine(model, cache, bank, hints: Sequence[Sequence[str]], rows: np.ndarray,
+                 device, batch_size: int = 256):
+    """Fine-stage offsets [M, 2] and precisions [M] (or None) of queries ``hints`` in bank rows ``rows``."""
+    model.eval()
+    offsets, precisions = [], []
+    for start in range(0, len(rows), batch_size):
+        sl = slice(start, start + batch_size)
+        text = {k: v.to(device) for k, v in text_batch(cache, hints[sl]).items()}
+        cells = {k: v.to(device) for k, v in bank.batch(torch.from_numpy(rows[sl])).items()}
+        out = model(text, cells)
+        offsets.append(out.offset.float().cpu())
+        if out.precision is not None:
+            precisions.append(out.precision.float().cpu())
+    offsets = torch.cat(offsets).numpy() if offsets else np.zeros((0, 2), np.float32)
+    return offsets, (torch.cat(precisions).numpy() if precisions else None)

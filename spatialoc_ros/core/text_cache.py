@@ -18,19 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..atomic import write_json
 from ..networks.text_encoder import split_sentences
+from .cache_files import CacheDamaged, read_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
 TOKENS_FILE = "text_cache.safetensors"
 INDEX_FILE = "text_cache.json"
-FORMAT = 1
+FORMAT = 2  # 2: the tokens file carries a checksum of its contents
 
 Description = Union[str, Sequence[str]]  # one query: its hint sentences, or one text to split
 
@@ -133,36 +134,20 @@ class TextCache:
     # --- disk ---------------------------------------------------------------------------
 
     def save(self, folder: Union[str, Path, None] = None) -> Path:
-        """Write ``text_cache.safetensors`` (all tokens, concatenated) and ``text_cache.json``.
-
-        Returns the folder. Each file is replaced atomically.
+        """Write ``text_cache.safetensors`` (all tokens, concatenated, with a checksum) and
+        ``text_cache.json``, each atomically. Returns the folder.
         """
-        from safetensors.torch import save_file
-
         folder = Path(folder) if folder is not None else self.folder
         if folder is None:
             raise ValueError("no folder to save the text cache in")
-        folder.mkdir(parents=True, exist_ok=True)
         sentences = self.sentences
         lengths = [int(t.shape[0]) for t in self._tokens]
         packed = torch.cat(self._tokens) if self._tokens else torch.zeros(0, self.hidden_size)
         stamp = _stamp(self.name, sentences, lengths)
-        tmp = folder / (TOKENS_FILE + ".tmp")
-        metadata = {"encoder": self.name, "stamp": stamp}
-        save_file({"tokens": packed.contiguous()}, str(tmp), metadata=metadata)
-        os.replace(tmp, folder / TOKENS_FILE)
-        index = {
-            "format": FORMAT,
-            "encoder": self.name,
-            "hidden_size": self.hidden_size,
-            "dtype": "float32",
-            "stamp": stamp,
-            "sentences": sentences,
-            "lengths": lengths,
-        }
-        tmp = folder / (INDEX_FILE + ".tmp")
-        tmp.write_text(json.dumps(index, ensure_ascii=False))
-        os.replace(tmp, folder / INDEX_FILE)
+        save_tensors(folder / TOKENS_FILE, {"tokens": packed}, {"encoder": self.name, "stamp": stamp})
+        write_json(folder / INDEX_FILE, {"format": FORMAT, "encoder": self.name, "hidden_size": self.hidden_size,
+                                         "dtype": "float32", "stamp": stamp, "sentences": sentences,
+                                         "lengths": lengths}, indent=None, ensure_ascii=False)
         return folder
 
     def load(self, folder: Union[str, Path]) -> bool:
@@ -185,8 +170,6 @@ class TextCache:
         return True
 
     def _read(self, folder: Path) -> Tuple[List[str], List[torch.Tensor]]:
-        from safetensors import safe_open
-
         try:
             index = json.loads((folder / INDEX_FILE).read_text())
             encoder, sentences, lengths = index["encoder"], index["sentences"], index["lengths"]
@@ -199,11 +182,12 @@ class TextCache:
         if len(sentences) != len(lengths) or len(set(sentences)) != len(sentences):
             raise _Refused("inconsistent index")
         try:
-            with safe_open(str(folder / TOKENS_FILE), framework="pt") as f:
-                stamp = (f.metadata() or {}).get("stamp")
-                packed = f.get_tensor("tokens")
-        except Exception as e:
-            raise _Refused(f"unreadable tokens file ({type(e).__name__})") from None
+            tensors, meta = read_tensors(folder / TOKENS_FILE)
+        except (CacheDamaged, OSError) as e:
+            raise _Refused(f"unreadable tokens file ({e})") from None
+        if "tokens" not in tensors:
+            raise _Refused("no tokens in the tokens file")
+        packed, stamp = tensors["tokens"], meta.get("stamp")
         if stamp != index.get("stamp") or stamp != _stamp(encoder, sentences, lengths):
             raise _Refused("tokens file and index do not belong together")
         if packed.dim() != 2 or packed.shape != (sum(lengths), self.hidden_size):
@@ -230,6 +214,19 @@ def batch_hints(
         index[b, : len(h)] = torch.tensor([rows[s] for s in h], dtype=torch.long)
         mask[b, : len(h)] = True
     return index, mask
+
+
+def text_batch(cache: "TextCache", hints: Sequence[Sequence[str]]) -> Dict[str, torch.Tensor]:
+    """Keyword inputs of ``CoarseModel.encode_text`` (and the fine stage) for queries given as hint lists.
+
+    Each unique sentence of the batch is encoded once: ``tokens`` [S, L, Dt] and
+    ``token_mask`` [S, L] from the cache; ``hint_index`` / ``hint_mask`` [B, Q]
+    point each query's hints at those rows (queries may have any number of hints).
+    """
+    unique = list(dict.fromkeys(s for h in hints for s in h))
+    tokens, token_mask = cache.get(unique)
+    hint_index, hint_mask = batch_hints(hints, {s: i for i, s in enumerate(unique)})
+    return dict(tokens=tokens, token_mask=token_mask, hint_index=hint_index, hint_mask=hint_mask)
 
 
 def _pad(tokens: Sequence[torch.Tensor], dim: int) -> Tuple[torch.Tensor, torch.Tensor]:

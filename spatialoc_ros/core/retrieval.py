@@ -28,7 +28,8 @@ from ..networks.outputs import CoarseOutputs
 
 _ENTRIES_PER_CHUNK = 1 << 24  # similarity entries per block of queries (64 MiB in float32)
 
-__all__ = ["SCORES", "GalleryScorer", "fused_scores", "retrieval_recall", "top_k", "zscore"]
+__all__ = ["SCORES", "GalleryScorer", "fused_scores", "rank_cells", "retrieval_metrics", "retrieval_recall", "top_k",
+           "zscore"]
 
 SCORES = ("global", "object", "relation")
 
@@ -120,3 +121,13 @@ def retrieval_recall(topk_ids: torch.Tensor, gt_ids: torch.Tensor,
     gt = gt_ids.unsqueeze(1) if gt_ids.dim() == 1 else gt_ids            # [B, G]
     hit = (topk_ids.unsqueeze(-1) == gt.unsqueeze(1)).any(-1)          # [B, K]; ids are >= 0
     return {k: hit[:, :k].any(1).float().mean().item() for k in ks}
+
+
+def rank_cells(queries: CoarseOutputs, gallery: CoarseOutputs, scores: Sequence[str], k: int = 10) -> torch.Tensor:
+    """Gallery rows [B, k] of the best cells per query, best first (fused scores, spec §7.6)."""
+    return top_k(GalleryScorer(gallery, scores)(queries), k)
+
+
+def retrieval_metrics(topk_rows: torch.Tensor, gt_rows: torch.Tensor, ks=(1, 3, 5)) -> Dict[str, float]:
+    """{"1": r, "3": r, "5": r}: the share of queries whose ground-truth cell is in the top k."""
+    return {str(k): v for k, v in retrieval_recall(topk_rows, gt_rows, ks).items()}

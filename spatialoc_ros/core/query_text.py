@@ -12,8 +12,8 @@ import re
 import unicodedata
 from typing import List
 
-from .data.constants import CLASS_NAMES, COLOR_NAMES
-from .errors import SpatialocError
+from ..data.constants import CLASS_NAMES, COLOR_NAMES
+from ..errors import SpatialocError
 
 DEFAULT_MAX_CHARS = 2000  # a long spoken description is a few hundred characters
 DEFAULT_MAX_HINTS = 12

@@ -10,18 +10,19 @@ reproducible (spec §12 #23). A bank is saved as one safetensors file.
 """
 from __future__ import annotations
 
-import json
+import logging
 import zlib
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..data.schema import Cell
-from ..errors import DataError
-from .objects import objects_to_batch
+from .cache_files import load_tensors, save_tensors
+from .object_points import objects_to_batch
+
+log = logging.getLogger(__name__)
 
 
 def _derived_seed(name: str, seed: int) -> int:
@@ -43,6 +44,7 @@ class CellBank:
     centers: torch.Tensor  # [C, N, 3], cell-normalised
     counts: torch.Tensor  # [C, N] int64
     mask: torch.Tensor  # [C, N] bool
+    key: str = ""  # the cache key it was built or loaded under (:func:`.frozen_inputs.bank_key`)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,21 +70,38 @@ class CellBank:
                     centers=centers, counts=self.counts[rows, :n], mask=mask[:, :n])
 
     def save(self, path) -> None:
+        """Write the bank atomically, with a checksum (:mod:`.cache_files`)."""
         tensors = dict(point_features=self.point_features, colors=self.colors, centers=self.centers,
                        counts=self.counts, mask=self.mask.to(torch.uint8))
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"ids": json.dumps(self.ids)})
+        save_tensors(path, tensors, {"ids": self.ids})
 
     @classmethod
-    def load(cls, path) -> "CellBank":
-        from safetensors import safe_open
-
+    def load(cls, path) -> Optional["CellBank"]:
+        """The bank saved at ``path``; None when there is none, or (with a warning) when it is damaged."""
+        loaded = load_tensors(path, "cell bank")
+        if loaded is None:
+            return None
+        t, meta = loaded
         try:
-            with safe_open(str(path), "pt") as f:
-                ids = json.loads(f.metadata()["ids"])
-            t = load_file(str(path))
-        except Exception as exc:  # corrupt or foreign file
-            raise DataError(f"{path}: not a cell bank ({exc})") from None
-        return cls(ids, t["point_features"], t["colors"], t["centers"], t["counts"], t["mask"].bool())
+            return cls(list(meta["ids"]), t["point_features"], t["colors"], t["centers"], t["counts"],
+                       t["mask"].bool())
+        except KeyError as exc:
+            log.warning("%s: not a cell bank (no %s); rebuilding it", path, exc)
+            return None
+
+
+def permute_objects(cells: dict, rng: np.random.Generator) -> dict:
+    """``CellBank.batch`` inputs with each row's valid objects in random order (padding stays at the end)."""
+    mask = cells["mask"]
+    n = mask.shape[1]
+    order = torch.empty(mask.shape, dtype=torch.long)
+    for b, length in enumerate(mask.sum(1).tolist()):
+        order[b] = torch.from_numpy(np.concatenate([rng.permutation(length), np.arange(length, n)]))
+    out = {}
+    for key, value in cells.items():
+        index = order.to(value.device).view(*order.shape, *([1] * (value.dim() - 2))).expand_as(value)
+        out[key] = value.gather(1, index)
+    return out
 
 
 def _object_seed(key, seed: int) -> int:

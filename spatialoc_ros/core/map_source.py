@@ -1,0 +1,95 @@
+"""Where the Localizer and the node read a map's cells from: the map-source seam.
+
+A map source gives the cells of a map (the gallery), their lookup by id, the
+descriptions recorded with the map when it has any (the demo and the benchmark
+ask them), a name for cache files and the frame its positions are in. Today's
+source is a KITTI360Pose folder (``cells/``, ``poses/``, ``direction/``; all its
+scenes or those named). Other formats plug in by adding a class with the same
+attributes and a test in :func:`open_map` that recognises their folders.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Protocol, Sequence, runtime_checkable
+
+from ..errors import SpatialocError
+
+DEFAULT_FRAME = "map"
+
+
+@runtime_checkable
+class MapSource(Protocol):
+    """What serving needs of a map."""
+
+    path: Path
+    name: str  # names the map's cache files: a benchmark split ("train", "val", "test") or "map"
+    frame_id: str  # the frame its world coordinates are in
+    scenes: List[str]
+    cells: List  # List[Cell]: the gallery, in a fixed order
+    cells_by_id: Dict[str, object]
+    poses: List  # List[Pose]: descriptions recorded with the map (may be empty)
+
+
+def split_label(scenes: Sequence[str]) -> str:
+    """The benchmark split whose scenes these are (it names the cache files), else "map"."""
+    from ..data.constants import SPLITS, scene_short_name
+
+    short = sorted(s if len(s) == 4 else scene_short_name(s) for s in scenes)
+    for name, split_scenes in SPLITS.items():
+        if sorted(s if len(s) == 4 else scene_short_name(s) for s in split_scenes) == short:
+            return name
+    return "map"
+
+
+class KittiPoseMap:
+    """A KITTI360Pose folder (all scenes with a cells and a poses file, or the named ones) as a map."""
+
+    def __init__(self, root, scenes: Optional[Sequence[str]] = None, frame_id: str = DEFAULT_FRAME):
+        from ..data.kitti360pose import available_scenes, load_split, resolve_scene
+
+        self.path = Path(root)
+        available = available_scenes(self.path)
+        chosen = [resolve_scene(s, available) for s in scenes] if scenes else available
+        if not chosen:
+            raise SpatialocError(f"{root}: no scene with both a cells and a poses file")
+        self.scenes = list(chosen)
+        self.frame_id = frame_id
+        self.name = split_label(self.scenes)
+        self._split = None
+        self._load_split = lambda: load_split(self.path, self.scenes)
+
+    def load(self) -> "KittiPoseMap":
+        """Read the scene files (the slow part), once."""
+        if self._split is None:
+            self._split = self._load_split()
+        return self
+
+    @property
+    def cells(self) -> List:
+        return self.load()._split.cells
+
+    @property
+    def cells_by_id(self) -> Dict[str, object]:
+        return self.load()._split.cells_by_id
+
+    @property
+    def poses(self) -> List:
+        return self.load()._split.poses
+
+
+def is_kitti360pose_folder(path: Path) -> bool:
+    return (path / "cells").is_dir()
+
+
+def open_map(path, scenes: Optional[Sequence[str]] = None, frame_id: str = DEFAULT_FRAME) -> MapSource:
+    """The map source of a folder, by its contents; one clear error for anything else.
+
+    The scene files are read on first access to the cells, so a caller can check
+    other inputs (the weights) before paying for it.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise SpatialocError(f"{path}: no such map folder")
+    if is_kitti360pose_folder(root):
+        return KittiPoseMap(root, scenes, frame_id)
+    raise SpatialocError(f"{path}: not a map folder (expected a KITTI360Pose folder with cells/ and poses/)")
