@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -190,8 +191,24 @@ def _os_error_message(e: OSError) -> str:
     return str(e)
 
 
+class _StderrLog(logging.Handler):
+    """Log records as ``spatialoc: message`` lines on the current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{PROG}: {' '.join(record.getMessage().split())}", file=sys.stderr)
+
+
+def _log_to_stderr() -> None:
+    """The package's log lines (a cache rebuilt, a damaged cache file) on stderr, once per process."""
+    logger = logging.getLogger("spatialoc_ros")
+    if not any(isinstance(h, _StderrLog) for h in logger.handlers):
+        logger.addHandler(_StderrLog())
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``spatialoc`` command line; returns the exit status instead of exiting."""
+    _log_to_stderr()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -1,8 +1,9 @@
 """The ROS 2 layer: the only part of spatialoc_ros that imports rclpy.
 
 ``node`` holds the managed node ``spatialoc_localizer``; the other modules are
-the small pieces it is made of (parameter table, query buffering, message
-conversions, markers, the map cloud, diagnostics). ``main`` is the entry point
-of the ``spatialoc-localizer`` command (``ros2 run spatialoc_ros localizer``).
+the small pieces it is made of (parameter table, query buffering, the model
+worker, answer publishing, message conversions, markers, the map cloud,
+diagnostics). ``main`` is the entry point of the ``spatialoc-localizer``
+command (``ros2 run spatialoc_ros localizer``).
 Importing this package imports nothing heavy.
 """

@@ -5,14 +5,17 @@ One ``DiagnosticStatus`` per period, named like diagnostic_updater's tasks
 ERROR after a failed configure (its message is the reason); key/values give the
 map, the weights, the device, the last latency and how many queries were
 answered, low-confidence, rejected, dropped, refused as not ready or failed.
+:func:`localizer_diagnostics` assembles that status from the node's state.
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from .parameters import Settings
 
 
 @dataclass
@@ -56,3 +59,30 @@ def diagnostic_array(stamp, name: str, hardware_id: str, level: bytes, message: 
     array = DiagnosticArray(status=[status])
     array.header.stamp = stamp
     return array
+
+
+def localizer_diagnostics(stamp, name: str, state: str, active: bool, load_error: str,
+                          stats: QueryStats, settings: Optional[Settings] = None, localizer=None,
+                          queued: int = 0) -> DiagnosticArray:
+    """The node's one status (see module docstring).
+
+    ``state`` is the label of its lifecycle state, ``load_error`` why the last
+    configure failed ("" if it did not), ``queued`` how many queries wait.
+    """
+    if active:
+        level, message = DiagnosticStatus.OK, "answering queries"
+    elif load_error:
+        level, message = DiagnosticStatus.ERROR, f"configure failed: {load_error}"
+    else:
+        level, message = DiagnosticStatus.WARN, f"{state}: not answering queries"
+    values = {"state": state}
+    if settings is not None and localizer is not None:
+        values.update({"map": settings.map_path, "scenes": ", ".join(settings.scenes) or "all",
+                       "map cells": localizer.num_cells, "weights": settings.weights_dir,
+                       "model": "loaded", "device": str(localizer.device),
+                       "queue": f"{queued}/{settings.queue_size}"})
+    else:
+        values["model"] = "not loaded"
+    values.update(stats.snapshot())
+    hardware = str(localizer.device) if localizer is not None else "none"
+    return diagnostic_array(stamp, name, hardware, level, message, values)
