@@ -1,11 +1,13 @@
 """Start the spatialoc_localizer node (a managed node that activates itself).
 
     ros2 launch spatialoc_ros localize.launch.py [namespace:=spatialoc] \
-        [params_file:=...] [map:=DIR] [weights_dir:=DIR] [device:=auto|cpu|cuda] [use_sim_time:=false]
+        [params_file:=...] [map:=DIR] [weights_dir:=DIR] [device:=auto|cpu|cuda] \
+        [use_sim_time:=false]
 
 Parameters come from ``params_file`` (default: the installed
 config/localize.yaml); ``map``, ``weights_dir`` (default: the installed
-weights) and ``device`` override it unless empty. Topics are relative, so they appear under the namespace:
+weights) and ``device`` override it unless empty. Topics are relative, so they
+appear under the namespace:
 /spatialoc/query in, /spatialoc/pose, result, markers and map_cloud out.
 """
 import os
@@ -45,12 +47,14 @@ def localizer_node(context, *args, **kwargs):
 def generate_launch_description():
     share = get_package_share_directory(PACKAGE)
     return LaunchDescription([
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "localize.yaml"),
+        DeclareLaunchArgument("params_file",
+                              default_value=os.path.join(share, "config", "localize.yaml"),
                               description="YAML file with the node's parameters"),
         DeclareLaunchArgument("namespace", default_value="spatialoc",
                               description="namespace of the node and its topics"),
         DeclareLaunchArgument("map", default_value="",
-                              description="map folder (KITTI360Pose layout); empty: map_path of params_file"),
+                              description="map folder (KITTI360Pose layout); empty: map_path of "
+                                          "params_file"),
         DeclareLaunchArgument("weights_dir", default_value=os.path.join(share, "models"),
                               description="weights folder (default: the installed weights); "
                                           "empty: weights_dir of params_file"),

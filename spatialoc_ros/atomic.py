@@ -13,7 +13,8 @@ PathLike = Union[str, os.PathLike]
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` to fill a temporary file beside ``path``, then rename it to ``path``.
+    """Call ``write(tmp_path)`` to fill a temporary file beside ``path``, then rename it to
+    ``path``.
 
     The parent folder is created. On any error the temporary file is removed and
     ``path`` keeps its old contents (or stays absent). Returns ``path``.

@@ -42,7 +42,8 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 def _add_data_command(commands) -> None:
     """``spatialoc data {synth,stats,show}``: create, count and look at datasets."""
     data = commands.add_parser("data", help="create, count and look at KITTI360Pose datasets",
-                               description="Create, count and look at datasets in the KITTI360Pose format.")
+                               description="Create, count and look at datasets in the "
+                                           "KITTI360Pose format.")
     sub = data.add_subparsers(dest="data_command", metavar="{synth,stats,show}")
     sub.required = True
     _add_data_synth(sub)
@@ -52,7 +53,8 @@ def _add_data_command(commands) -> None:
 
 def _add_data_synth(sub) -> None:
     p = sub.add_parser("synth", help="write a synthetic dataset in the KITTI360Pose format",
-                       description="Generate a synthetic city and write it as a KITTI360Pose folder.")
+                       description="Generate a synthetic city and write it as a KITTI360Pose "
+                                   "folder.")
     p.add_argument("--preset", required=True, choices=SYNTH_PRESETS,
                    help="dataset size")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -72,7 +74,8 @@ def _add_data_stats(sub) -> None:
                    help="only the scenes of this split (all of them must be present)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--sample", type=int, default=500, metavar="N",
-                   help="queries sampled per split for the candidate-cell measure (default: 500; 0 = all)")
+                   help="queries sampled per split for the candidate-cell measure (default: 500; "
+                        "0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of that sample (default: 0)")
     p.set_defaults(handler=_run_data_stats)
 
@@ -120,7 +123,8 @@ def _format_synth_summary(summary: dict, out) -> str:
             row["cells"] += int(s.get("cells", 0))
             row["poses"] += int(s.get("poses", 0))
     keys = split_order(k for k in totals if k != ALL) + [ALL]
-    rows = [[k, totals[k]["scenes"], totals[k]["cells"], totals[k]["poses"]] for k in keys if k in totals]
+    rows = [[k, totals[k]["scenes"], totals[k]["cells"], totals[k]["poses"]]
+            for k in keys if k in totals]
     lines = [format_table(["split", "scenes", "cells", "poses"], rows)]
     seconds = summary.get("seconds")
     took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
@@ -199,7 +203,8 @@ class _StderrLog(logging.Handler):
 
 
 def _log_to_stderr() -> None:
-    """The package's log lines (a cache rebuilt, a damaged cache file) on stderr, once per process."""
+    """The package's log lines (a cache rebuilt, a damaged cache file) on stderr, once per
+    process."""
     logger = logging.getLogger("spatialoc_ros")
     if not any(isinstance(h, _StderrLog) for h in logger.handlers):
         logger.addHandler(_StderrLog())
@@ -218,7 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.handler(args) or EXIT_OK)
     except SpatialocError as e:
         return _error(str(e))
-    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as e:
         return _error(_os_error_message(e))
     except KeyboardInterrupt:
         _error("interrupted")

@@ -22,9 +22,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .core.covariance import Calibration, hypothesis_variance, informative_scores, published_covariance, sigma_radius_m
+from .core.covariance import (hypothesis_variance, informative_scores, published_covariance,
+                              sigma_radius_m)
 from .networks.outputs import CoarseOutputs
-from .core.query_text import DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS, check_hints, check_text, recognised_hints
+from .core.query_text import (DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS, check_hints, check_text,
+                              recognised_hints)
 
 MAX_CACHED_SENTENCES = 50_000  # the in-memory token cache starts over beyond this
 
@@ -36,14 +38,17 @@ class Hypothesis:
     rank: int  # 0 = best
     cell_id: str
     scene: str
-    score: float  # fused retrieval score (sum of z-scores, spec §7.6)
+    score: float  # fused retrieval score (sum of z-scores, see spatialoc_ros/core/retrieval.py)
     position: np.ndarray  # [3] world metres: x, y from the fine stage, z the ground height there
     covariance_xy: np.ndarray  # [2, 2] m², this hypothesis' own (calibrated) variance
-    precision: float  # λ of the fine stage, normalised cell units; nan for a model without the λ head
-    agreeing: int = 1  # top-k cells whose positions agree on this place (:mod:`.core.consensus`), itself included
+    # λ of the fine stage, normalised cell units; nan for a model without the λ head
+    precision: float
+    # top-k cells whose positions agree on this place (:mod:`.core.consensus`), itself included
+    agreeing: int = 1
 
     def to_json(self) -> dict:
-        return {"rank": self.rank, "cell_id": self.cell_id, "scene": self.scene, "score": self.score,
+        return {"rank": self.rank, "cell_id": self.cell_id, "scene": self.scene,
+                "score": self.score,
                 "position": [float(v) for v in self.position],
                 "covariance_xy": self.covariance_xy.tolist(), "precision": self.precision,
                 "agreeing_cells": self.agreeing}
@@ -85,8 +90,10 @@ class Candidates:
     positions: torch.Tensor  # [B, K, 2] world x, y (m) of each hypothesis, float64
     precision: torch.Tensor  # [B, K] λ (ones for a model without the λ head)
     cell_size: torch.Tensor  # [B, K] metres
-    cell_positions: Optional[torch.Tensor] = None  # [B, K, 2] the fine stage's own position in each cell
-    agreeing: Optional[torch.Tensor] = None  # [B, K] cells whose positions agree with each (1 = alone)
+    # [B, K, 2] the fine stage's own position in each cell
+    cell_positions: Optional[torch.Tensor] = None
+    # [B, K] cells whose positions agree with each (1 = alone)
+    agreeing: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if self.cell_positions is None:
@@ -112,9 +119,10 @@ class Localizer:
     :data:`~.core.retriever.RETRIEVERS`.
     """
 
-    def __init__(self, map_dir, weights="models", scenes: Optional[Sequence[str]] = None, device="auto",
-                 cache=None, top_k: int = 10, max_chars: int = DEFAULT_MAX_CHARS,
-                 max_hints: int = DEFAULT_MAX_HINTS, progress: bool = False, retriever: str = "exhaustive"):
+    def __init__(self, map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
+                 device="auto", cache=None, top_k: int = 10, max_chars: int = DEFAULT_MAX_CHARS,
+                 max_hints: int = DEFAULT_MAX_HINTS, progress: bool = False,
+                 retriever: str = "exhaustive"):
         from .core.coarse_stage import load_coarse_stage
         from .core.device import pick_device
         from .core.map_source import MapSource, open_map
@@ -129,9 +137,10 @@ class Localizer:
             check_files(weights)  # before any slow work: say what is missing
         self.device = pick_device(device)
         self.top_k, self.max_chars, self.max_hints = top_k, max_chars, max_hints
-        self.weights = weights if isinstance(weights, WeightsBundle) else WeightsBundle.load(weights, self.device)
-        self.coarse = load_coarse_stage(self.weights, str(self.map.path), self.map.name, self.map.cells, None,
-                                        cache=cache, progress=progress)
+        self.weights = (weights if isinstance(weights, WeightsBundle)
+                        else WeightsBundle.load(weights, self.device))
+        self.coarse = load_coarse_stage(self.weights, str(self.map.path), self.map.name,
+                                        self.map.cells, None, cache=cache, progress=progress)
         self.fine, self.fine_config = self.weights.fine, self.weights.fine_config
         self.calibration = self.weights.calibration
         self.retriever = make_retriever(retriever, self.coarse.gallery, self.weights.score_terms)
@@ -139,8 +148,10 @@ class Localizer:
         self.ground = GroundHeights()
         self.cells = [self.map.cells_by_id[i] for i in self.coarse.gallery.ids]  # gallery order
         self._cell_size = torch.tensor([c.cell_size for c in self.cells], dtype=torch.float64)
-        self._origin = torch.tensor(np.stack([c.bbox_w[:2] for c in self.cells]), dtype=torch.float64)
-        scene_names = sorted({c.scene for c in self.cells})  # consensus joins cells of one scene only
+        self._origin = torch.tensor(np.stack([c.bbox_w[:2] for c in self.cells]),
+                                    dtype=torch.float64)
+        # consensus joins cells of one scene only
+        scene_names = sorted({c.scene for c in self.cells})
         self.scene_index = torch.tensor([scene_names.index(c.scene) for c in self.cells])
         self.build_s = time.perf_counter() - start
 
@@ -187,7 +198,8 @@ class Localizer:
         k = min(top_k, self.num_cells)
         batch = {n: v.to(self.device) for n, v in text_batch(self.text, hint_lists).items()}
         query = self.coarse.model.encode_text(**batch)
-        query = CoarseOutputs(**{n: None if v is None else v.cpu() for n, v in vars(query).items()})
+        query = CoarseOutputs(**{n: None if v is None else v.cpu()
+                                 for n, v in vars(query).items()})
         scores, rows = self.retriever.top_k(query, k)                             # [B, K]
         t1 = time.perf_counter()
         b = len(hint_lists)
@@ -205,7 +217,8 @@ class Localizer:
             timing["fine"] = 1e3 * (time.perf_counter() - t1)
         return Candidates(rows, scores, positions, precision, size)
 
-    def consensus(self, cand: Candidates, informative: Optional[torch.Tensor] = None) -> Candidates:
+    def consensus(self, cand: Candidates,
+                  informative: Optional[torch.Tensor] = None) -> Candidates:
         """The candidates in the order of the calibration's consensus, the best at its mode.
 
         Unchanged (retrieval order, each cell's own position) without a fitted consensus.
@@ -218,16 +231,19 @@ class Localizer:
             return cand
         scores = informative_scores(cand.scores.double(), informative)
         return cand.reordered(consensus_order(cand.cell_positions, scores, cal.consensus_beta,
-                                              cal.consensus_bandwidth_m, self.scene_index[cand.rows]))
+                                              cal.consensus_bandwidth_m,
+                                              self.scene_index[cand.rows]))
 
     def covariances(self, cand: Candidates, informative: Optional[torch.Tensor] = None):
-        """(own variance per hypothesis [B, K] in m², published covariance [B, 2, 2] about the best).
+        """(own variance per hypothesis [B, K] in m², published covariance [B, 2, 2] about the
+        best).
 
         ``informative`` [B]: the share of each query's sentences that name a known class or colour.
         """
         var = hypothesis_variance(cand.precision.double(), cand.cell_size, self.calibration.scale)
-        cov = published_covariance(cand.cell_positions, cand.scores.double(), cand.precision.double(),
-                                   cand.cell_size, self.calibration, informative, centre=cand.positions[:, 0])
+        cov = published_covariance(cand.cell_positions, cand.scores.double(),
+                                   cand.precision.double(), cand.cell_size, self.calibration,
+                                   informative, centre=cand.positions[:, 0])
         return var, cov
 
     def hypotheses(self, cand: Candidates, informative: Optional[torch.Tensor] = None):
@@ -242,6 +258,7 @@ class Localizer:
                 lam = float(cand.precision[b, r]) if self.fine.cfg.precision_head else float("nan")
                 hyps.append(Hypothesis(r, cell.id, cell.scene, float(cand.scores[b, r]),
                                        np.array([xy[0], xy[1], self.ground(cell, xy)]),
-                                       np.eye(2) * float(var[b, r]), lam, int(cand.agreeing[b, r])))
+                                       np.eye(2) * float(var[b, r]), lam,
+                                       int(cand.agreeing[b, r])))
             out.append((hyps, cov[b].numpy()))
         return out

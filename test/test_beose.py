@@ -166,7 +166,6 @@ def test_ga_softmax_runs_over_the_summed_axis_n():
         ga.esa.weight.copy_(torch.eye(2))
         ga.esa.bias.zero_()
         ga.mu.weight.copy_(torch.tensor([[1.0, -0.5], [0.3, 2.0], [-1.0, 0.7]]))
-        ga.mu.bias.copy_(torch.tensor([0.1, -0.2, 0.4]))
     e = torch.tensor([[[[0.3, -1.0], [2.0, 0.5], [9.0, 9.0]],
                        [[-0.7, 1.5], [0.1, 0.2], [9.0, 9.0]],
                        [[9.0, 9.0], [9.0, 9.0], [9.0, 9.0]]]], dtype=torch.float64)
@@ -176,7 +175,7 @@ def test_ga_softmax_runs_over_the_summed_axis_n():
     expected = torch.zeros(1, 3, 2, dtype=torch.float64)
     valid = [0, 1]
     for m in valid:
-        z = [float((ga.mu.weight @ e[0, m, n] + ga.mu.bias).mean()) for n in valid]
+        z = [float((ga.mu.weight @ e[0, m, n]).mean()) for n in valid]
         gauss = torch.softmax(torch.tensor(z, dtype=torch.float64), 0)
         for k in range(2):
             base = torch.softmax(e[0, m, valid, k], 0)
@@ -406,3 +405,33 @@ def test_text_graph_full_size_shapes():
     assert obj.shape == rel.shape == (4, 12, 256)
     check_outputs(obj, mask)
     check_outputs(rel, mask)
+
+
+def test_ga_checkpoints_with_the_old_inert_mu_bias_load_and_answer_the_same(tmp_path):
+    """mu once had a bias; it shifted every logit of softmax_n by one constant, so it was inert
+    (its gradient is zero in exact arithmetic) and was removed. Old files still load."""
+    from safetensors.torch import load_file, save_file
+
+    from spatialoc_ros.networks.beose import GA_COMPONENTS
+    from spatialoc_ros.networks.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    ga = randomise(GaussianAggregation(D)).eval()
+    assert "mu.bias" not in dict(ga.named_parameters())
+    save_checkpoint(ga, tmp_path / "ga", {"architecture": {}})
+    state = load_file(str(tmp_path / "ga.safetensors"))
+    state["mu.bias"] = torch.randn(GA_COMPONENTS)  # what an older checkpoint holds
+    save_file(state, str(tmp_path / "ga.safetensors"))
+    back, _ = load_checkpoint(GaussianAggregation(D), tmp_path / "ga")
+    edges, mask = torch.randn(2, 5, 5, D), lengths_mask([5, 3], 5)
+    with torch.no_grad():
+        want = ga(edges, mask)
+        # the old model: the same weights and the bias added to every logit of the softmax over n
+        old = GaussianAggregation(D).eval()
+        old.load_state_dict(ga.state_dict())
+        old.mu = torch.nn.Linear(D, GA_COMPONENTS)
+        old.mu.weight.copy_(ga.mu.weight)
+        old.mu.bias.copy_(state["mu.bias"])
+        torch.testing.assert_close(back(edges, mask), want)
+        # softmax(x + c) = softmax(x) in exact arithmetic; float32 rounding of x + c is all that differs
+        torch.testing.assert_close(old(edges, mask), want, rtol=1e-5, atol=1e-6)

@@ -9,23 +9,27 @@ DEFAULT_MAPS = ("data/demo_map", "data/benchmark")
 
 def add_bench_command(commands) -> None:
     p = commands.add_parser("bench", help="latency, throughput and memory figures",
-                            description="Per-query latency of each stage (median, 95th percentile) on the "
-                                        "bundled demo map and, when it is there, the benchmark's test "
-                                        "gallery; gallery build time; peak memory.")
+                            description="Per-query latency of each stage (median, 95th "
+                                        "percentile) on the bundled demo map and, when it is "
+                                        "there, the benchmark's test gallery; gallery build "
+                                        "time; peak memory.")
     p.add_argument("--map", nargs="+", default=None, metavar="DIR",
-                   help=f"maps to measure (default: those of {', '.join(DEFAULT_MAPS)} that exist; the "
-                        "benchmark is measured on its test scenes)")
+                   help=f"maps to measure (default: those of {', '.join(DEFAULT_MAPS)} that "
+                        "exist; the benchmark is measured on its test scenes)")
     p.add_argument("--weights", default="models", metavar="DIR")
-    p.add_argument("--queries", type=int, default=100, metavar="N", help="held-out descriptions per map")
+    p.add_argument("--queries", type=int, default=100, metavar="N",
+                   help="held-out descriptions per map")
     p.add_argument("--top-k", type=int, default=10, metavar="K")
     p.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                    help="all: the CPU, and CUDA too when a GPU is present")
     p.add_argument("--rebuild", action="store_true",
-                   help="also time building the benchmark's gallery from scratch (always done for other maps)")
+                   help="also time building the benchmark's gallery from scratch (always done "
+                        "for other maps)")
     p.add_argument("--no-dds", action="store_true",
-                   help="skip the query-to-pose latency over DDS (a localizer node process on the first map's "
-                        "validation scene 0010, queried from this process)")
-    p.add_argument("--params-file", default="config/localize.yaml", help="node parameters for the DDS measure")
+                   help="skip the query-to-pose latency over DDS (a localizer node process on "
+                        "the first map's validation scene 0010, queried from this process)")
+    p.add_argument("--params-file", default="config/localize.yaml",
+                   help="node parameters for the DDS measure")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_bench)
 
@@ -37,19 +41,22 @@ def _run_bench(args) -> int:
 
     maps = args.map or [m for m in DEFAULT_MAPS if Path(m).is_dir()]
     if not maps:
-        raise SpatialocError("no map to measure: run `make demo` (bundled demo map) or pass --map DIR")
+        raise SpatialocError("no map to measure: run `make demo` (bundled demo map) or pass "
+                             "--map DIR")
     if args.queries < 1 or args.top_k < 1:
         raise SpatialocError("--queries and --top-k must be at least 1")
     import torch
 
-    devices = [args.device] if args.device != "all" else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = ([args.device] if args.device != "all"
+               else ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     reports = []
     for device in devices:
         for m in maps:
             benchmark = Path(m).resolve() == Path("data/benchmark").resolve()
             scenes = list(SPLITS["test"]) if benchmark else None
-            reports.append(bench_map(m, args.weights, scenes=scenes, queries=args.queries, top_k=args.top_k,
-                                     device=device, rebuild=args.rebuild or not benchmark,
+            reports.append(bench_map(m, args.weights, scenes=scenes, queries=args.queries,
+                                     top_k=args.top_k, device=device,
+                                     rebuild=args.rebuild or not benchmark,
                                      progress=not args.json))
     result = {"device": reports[0]["device"], "maps": reports, "peak_rss_mb": peak_rss_mb()}
     # the first map's figures also at the top level (the documented JSON shape)
@@ -67,8 +74,8 @@ def _run_bench(args) -> int:
             result["dds_query_to_pose_ms"] = {"skipped": f"ROS 2 is not importable ({exc})"}
         else:
             try:
-                result["dds_query_to_pose_ms"] = measure_dds_latency(maps[0], args.weights, dds_scene,
-                                                                     args.params_file)
+                result["dds_query_to_pose_ms"] = measure_dds_latency(maps[0], args.weights,
+                                                                     dds_scene, args.params_file)
             except RuntimeError as exc:
                 raise SpatialocError(str(exc)) from None
     if args.json:
@@ -78,6 +85,7 @@ def _run_bench(args) -> int:
         print(f"\npeak resident memory: {result['peak_rss_mb']:.0f} MB")
         dds = result.get("dds_query_to_pose_ms", {})
         if "median" in dds:
-            print(f"query to pose over DDS ({dds['map']}, scene {dds['scene']}, node in its own process): "
-                  f"median {dds['median']:.1f} ms, p95 {dds['p95']:.1f} ms over {dds['n']} queries")
+            print(f"query to pose over DDS ({dds['map']}, scene {dds['scene']}, node in its own "
+                  f"process): median {dds['median']:.1f} ms, p95 {dds['p95']:.1f} ms over "
+                  f"{dds['n']} queries")
     return 0

@@ -6,32 +6,41 @@ import json
 
 def add_eval_command(commands) -> None:
     p = commands.add_parser("eval", help="evaluate on a split or on a file of queries",
-                            description="The papers' protocol: retrieval recall@1/3/5 of the ground-truth "
-                                        "cell among all cells of the split and, with fine weights, "
-                                        "localization recall (k = 1/5/10 within 5/10/15 m) and the "
-                                        "calibration of the published covariance.")
-    p.add_argument("--data", default=None, metavar="DIR", help="KITTI360Pose folder (required unless --reports)")
+                            description="The papers' protocol: retrieval recall@1/3/5 of the "
+                                        "ground-truth cell among all cells of the split and, "
+                                        "with fine weights, localization recall (k = 1/5/10 "
+                                        "within 5/10/15 m) and the calibration of the published "
+                                        "covariance.")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="KITTI360Pose folder (required unless --reports)")
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--weights", default=["models"], nargs="+", metavar="DIR",
-                   help="folder(s) with pointnet.*, coarse.* and (for localization) fine.*; several give one "
-                        "report each (a JSON list)")
+                   help="folder(s) with pointnet.*, coarse.* and (for localization) fine.*; "
+                        "several give one report each (a JSON list)")
     p.add_argument("--fit-calibration", action="store_true",
-                   help="fit the covariance calibration on these queries (use --split val) and write "
-                        "WEIGHTS/calibration.json")
+                   help="fit the covariance calibration on these queries (use --split val) and "
+                        "write WEIGHTS/calibration.json")
     p.add_argument("--distractors", default=[], nargs="+", metavar="SCENE",
-                   help="with --split val: add these (training) scenes' cells to the gallery as wrong answers, "
-                        "e.g. to fit the calibration against a gallery as large as the map it will serve")
+                   help="with --split val: add these (training) scenes' cells to the gallery as "
+                        "wrong answers, e.g. to fit the calibration against a gallery as large as "
+                        "the map it will serve")
     p.add_argument("--reports", default=None, nargs="+", metavar="FILE.json",
-                   help="tabulate (and --plot) reports saved from earlier '--json' runs instead of evaluating")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="draw recall@k against k for each --weights folder (or --reports file)")
+                   help="tabulate (and --plot) reports saved from earlier '--json' runs instead "
+                        "of evaluating")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="draw recall@k against k for each --weights folder (or --reports file)")
     p.add_argument("--queries", default=None, metavar="FILE.jsonl",
-                   help='queries {"text", "scene", "pose_w"} to evaluate against the split\'s gallery')
+                   help='queries {"text", "scene", "pose_w"} to evaluate against the split\'s '
+                        'gallery')
     p.add_argument("--show", type=int, default=0, metavar="N",
-                   help="draw N queries (map, top-k cells, prediction with its ellipses, ground truth)")
-    p.add_argument("--out", default="out/eval", metavar="DIR", help="folder of the --show pictures")
+                   help="draw N queries (map, top-k cells, prediction with its ellipses, ground "
+                        "truth)")
+    p.add_argument("--out", default="out/eval", metavar="DIR",
+                   help="folder of the --show pictures")
     p.add_argument("--order-sensitivity", type=int, default=0, metavar="N",
-                   help="also measure on N validation queries (use --split val) how far the fine stage's "
-                        "position moves when each cell's objects are shuffled, against another cell")
+                   help="also measure on N validation queries (use --split val) how far the fine "
+                        "stage's position moves when each cell's objects are shuffled, against "
+                        "another cell")
     p.add_argument("--cache", default=None, metavar="DIR")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -46,17 +55,20 @@ def _run_eval(args) -> int:
     if args.reports:
         return _tabulate(load_reports(args.reports), args)
     if args.data is None:
-        raise SpatialocError("spatialoc eval needs --data DIR (or --reports FILE.json ... to tabulate saved reports)")
+        raise SpatialocError("spatialoc eval needs --data DIR (or --reports FILE.json ... to "
+                             "tabulate saved reports)")
     if args.order_sensitivity and args.split != "val":
         raise SpatialocError("--order-sensitivity measures on validation queries: use --split val")
-    reports = [evaluate(args.data, args.split, w, args.queries, cache=args.cache, device=args.device,
-                        progress=not (args.quiet or args.json), fit_calibration=args.fit_calibration,
-                        show=args.show, show_dir=args.out, distractors=args.distractors)
+    reports = [evaluate(args.data, args.split, w, args.queries, cache=args.cache,
+                        device=args.device, progress=not (args.quiet or args.json),
+                        fit_calibration=args.fit_calibration, show=args.show,
+                        show_dir=args.out, distractors=args.distractors)
                for w in args.weights]
     if args.order_sensitivity:
         from ..evaluation.order_sensitivity import measure_order_sensitivity
         for w, r in zip(args.weights, reports):
-            r["order_sensitivity"] = measure_order_sensitivity(args.data, w, args.order_sensitivity,
+            r["order_sensitivity"] = measure_order_sensitivity(args.data, w,
+                                                               args.order_sensitivity,
                                                                cache=args.cache)
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports))

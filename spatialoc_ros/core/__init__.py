@@ -1,4 +1,5 @@
-"""The serving core: everything a query needs below the Localizer, and nothing of training or evaluation.
+"""The serving core: everything a query needs below the Localizer, and nothing of training or
+evaluation.
 
 Layers: ``data`` -> ``networks`` -> ``core`` -> ``inference.Localizer`` -> ``ros`` and the CLI;
 ``training`` and ``evaluation`` sit beside ``inference`` on top of the core and never import

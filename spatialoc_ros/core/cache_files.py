@@ -48,7 +48,10 @@ class CacheDamaged(Exception):
 
 
 def read_tensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, object]]:
-    """(tensors, meta) saved by :func:`save_tensors`; raises :class:`CacheDamaged` (or OSError if missing)."""
+    """(tensors, meta) saved by :func:`save_tensors`.
+
+    Raises :class:`CacheDamaged` (or OSError if missing).
+    """
     from safetensors import safe_open
 
     try:
@@ -67,7 +70,8 @@ def read_tensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, object]]:
 
 
 def load_tensors(path, what: str) -> Optional[Tuple[Dict[str, torch.Tensor], Dict[str, object]]]:
-    """(tensors, meta) saved by :func:`save_tensors`; None if missing, None + a warning if damaged."""
+    """(tensors, meta) saved by :func:`save_tensors`; None if missing, None + a warning if
+    damaged."""
     path = Path(path)
     if not path.is_file():
         return None

@@ -3,10 +3,12 @@
 The coarse stage sees, per cell, its first ``max_objects`` objects (cell order,
 as in the reference code) with four inputs each: the frozen PointNet++ feature
 of 256 points sampled with replacement, the mean colour, the centre and the
-raw point count. PointNet++ is frozen (spec §2.1, §12 #15), so its features
-are computed once per cell and stored in a :class:`CellBank`; points are
-sampled with seeds derived from the object or the cell, so a bank is
-reproducible (spec §12 #23). A bank is saved as one safetensors file.
+raw point count. PointNet++ is frozen, as SpatiaLoc (arXiv 2601.03579) §3.2
+says (the reference code's training run fine-tunes it instead), so its
+features are computed once per cell and stored in a :class:`CellBank`; points
+are sampled with seeds derived from the object or the cell, so a bank is
+reproducible (the reference code re-samples at random on every load, even at
+evaluation). A bank is saved as one safetensors file.
 """
 from __future__ import annotations
 
@@ -71,35 +73,39 @@ class CellBank:
 
     def save(self, path) -> None:
         """Write the bank atomically, with a checksum (:mod:`.cache_files`)."""
-        tensors = dict(point_features=self.point_features, colors=self.colors, centers=self.centers,
-                       counts=self.counts, mask=self.mask.to(torch.uint8))
+        tensors = dict(point_features=self.point_features, colors=self.colors,
+                       centers=self.centers, counts=self.counts, mask=self.mask.to(torch.uint8))
         save_tensors(path, tensors, {"ids": self.ids})
 
     @classmethod
     def load(cls, path) -> Optional["CellBank"]:
-        """The bank saved at ``path``; None when there is none, or (with a warning) when it is damaged."""
+        """The bank saved at ``path``; None when there is none, or (with a warning) when it is
+        damaged."""
         loaded = load_tensors(path, "cell bank")
         if loaded is None:
             return None
         t, meta = loaded
         try:
-            return cls(list(meta["ids"]), t["point_features"], t["colors"], t["centers"], t["counts"],
-                       t["mask"].bool())
+            return cls(list(meta["ids"]), t["point_features"], t["colors"], t["centers"],
+                       t["counts"], t["mask"].bool())
         except KeyError as exc:
             log.warning("%s: not a cell bank (no %s); rebuilding it", path, exc)
             return None
 
 
 def permute_objects(cells: dict, rng: np.random.Generator) -> dict:
-    """``CellBank.batch`` inputs with each row's valid objects in random order (padding stays at the end)."""
+    """``CellBank.batch`` inputs with each row's valid objects in random order (padding stays at
+    the end)."""
     mask = cells["mask"]
     n = mask.shape[1]
     order = torch.empty(mask.shape, dtype=torch.long)
     for b, length in enumerate(mask.sum(1).tolist()):
-        order[b] = torch.from_numpy(np.concatenate([rng.permutation(length), np.arange(length, n)]))
+        order[b] = torch.from_numpy(np.concatenate([rng.permutation(length),
+                                                    np.arange(length, n)]))
     out = {}
     for key, value in cells.items():
-        index = order.to(value.device).view(*order.shape, *([1] * (value.dim() - 2))).expand_as(value)
+        index = order.to(value.device).view(*order.shape, *([1] * (value.dim() - 2)))
+        index = index.expand_as(value)
         out[key] = value.gather(1, index)
     return out
 
@@ -175,8 +181,10 @@ def build_cell_bank(cells: Sequence[Cell], pointnet, max_objects: int = 28, seed
         for k, (i, j) in enumerate(slots):
             feats[i, j] = out[k]
 
-    # pass 1: per-object inputs; stuff runs whole; each distinct instance runs its local stages once
-    instances, whole = _FeatureQueue(run_local, batch_objects), _FeatureQueue(run_whole, batch_objects)
+    # pass 1: per-object inputs; stuff runs whole; each distinct instance runs its local
+    # stages once
+    instances, whole = (_FeatureQueue(run_local, batch_objects),
+                        _FeatureQueue(run_whole, batch_objects))
     shared = []  # (cell row, slot, instance key, cell origin in cell units)
     queued = set()
     for i, cell in enumerate(tqdm(cells, desc="cell features", unit="cell", disable=not progress)):
@@ -192,7 +200,8 @@ def build_cell_bank(cells: Sequence[Cell], pointnet, max_objects: int = 28, seed
                 shared.append((i, j, key, origin))
                 if key not in queued:
                     queued.add(key)
-                    xyz, rgb = (t[0].numpy() for t in objects_to_batch([obj], rng=_object_seed(key, seed)))
+                    xyz, rgb = (t[0].numpy()
+                                for t in objects_to_batch([obj], rng=_object_seed(key, seed)))
                     instances.add(((xyz + origin).astype(np.float32), rgb), key)
             else:
                 xyz, rgb = (t[0].numpy() for t in objects_to_batch([obj], rng=rng))

@@ -19,7 +19,8 @@ def load_coarse_stage(weights, data: str, split: str, cells: Sequence,
                       hint_lists: Optional[Sequence[Sequence[str]]],
                       cache: Optional[str] = None, device="cpu", progress: bool = True,
                       bundle=None) -> CoarseStage:
-    """The coarse model of ``weights``, the bank and encoded gallery of ``cells``, and a text cache.
+    """The coarse model of ``weights``, the bank and encoded gallery of ``cells``, and a text
+    cache.
 
     ``weights`` is a folder or a loaded :class:`~.weights.WeightsBundle` (``bundle`` is
     the same, by keyword). The cell bank and the gallery descriptors are cached under
@@ -31,13 +32,16 @@ def load_coarse_stage(weights, data: str, split: str, cells: Sequence,
     from .weights import WeightsBundle
 
     if bundle is None:
-        bundle = weights if isinstance(weights, WeightsBundle) else WeightsBundle.load(weights, device, fine=False)
+        bundle = (weights if isinstance(weights, WeightsBundle)
+                  else WeightsBundle.load(weights, device, fine=False))
     root = cache_dir(data, cache)
-    bank = load_bank(root, split, cells, bundle.pointnet, bundle.pointnet_info, bundle.max_objects, bundle.seed,
-                     progress)
+    bank = load_bank(root, split, cells, bundle.pointnet, bundle.pointnet_info, bundle.max_objects,
+                     bundle.seed, progress)
     text = None  # no queries named: the caller keeps its own text cache
     if hint_lists is not None:
-        text = load_text_cache(root, bundle.text_encoder(), sorted({s for h in hint_lists for s in h}))
+        text = load_text_cache(root, bundle.text_encoder(),
+                               sorted({s for h in hint_lists for s in h}))
     gallery = load_or_encode_gallery(bundle.coarse, bank, root, bundle.coarse_weights, bank.key,
                                      device=bundle.device, progress=progress)
-    return CoarseStage(bundle.coarse, bank, text, bundle.score_terms, bundle.coarse_config, gallery)
+    return CoarseStage(bundle.coarse, bank, text, bundle.score_terms, bundle.coarse_config,
+                       gallery)

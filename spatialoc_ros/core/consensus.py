@@ -1,6 +1,7 @@
 """Consensus of overlapping cells: the place several retrieved cells agree on is the answer.
 
-Cells are 30 m squares laid out every 10 m (spatialoc_method.md §3), so a point
+Cells are 30 m squares laid out every 10 m (see spatialoc_ros/data/cells.py and
+README.md, "The synthetic city"), so a point
 of the map lies in up to nine of them, and the top-k of a good query usually
 holds several cells around the true pose. The fine stage refines each on its
 own; where their world positions agree, that place is more likely than the
@@ -27,8 +28,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["FIT_BANDWIDTHS_M", "FIT_BETAS", "Consensus", "consensus_order", "fit_consensus", "mean_shift",
-           "reorder"]
+__all__ = ["FIT_BANDWIDTHS_M", "FIT_BETAS", "Consensus", "consensus_order", "fit_consensus",
+           "mean_shift", "reorder"]
 
 MEAN_SHIFT_STEPS = 30
 MEAN_SHIFT_TOL_M = 1e-3
@@ -42,8 +43,8 @@ def _kernel(points: torch.Tensor, positions: torch.Tensor, bandwidth: float) -> 
     return torch.exp(-0.5 * d2 / bandwidth ** 2)
 
 
-def mean_shift(positions: torch.Tensor, weights: torch.Tensor, bandwidth: float, scene: torch.Tensor
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
+def mean_shift(positions: torch.Tensor, weights: torch.Tensor, bandwidth: float,
+               scene: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Modes [B, K, 2] reached from every position and the density there [B, K].
 
     positions [B, K, 2] metres, weights [B, K] summing to 1, bandwidth h > 0
@@ -55,7 +56,9 @@ def mean_shift(positions: torch.Tensor, weights: torch.Tensor, bandwidth: float,
     for _ in range(MEAN_SHIFT_STEPS):
         k = weights[:, None, :] * _kernel(modes, positions, bandwidth) * same
         mass = k.sum(-1, keepdim=True)
-        shifted = torch.where(mass > 0, torch.einsum("bpk,bkd->bpd", k, positions) / mass.clamp(min=1e-300), modes)
+        shifted = torch.where(mass > 0,
+                              torch.einsum("bpk,bkd->bpd", k, positions) / mass.clamp(min=1e-300),
+                              modes)
         moved = (shifted - modes).norm(dim=-1).max()
         modes = shifted
         if float(moved) < MEAN_SHIFT_TOL_M:
@@ -68,7 +71,8 @@ class Consensus(NamedTuple):
     """The hypotheses of B queries in consensus order (all [B, K, ...], best first)."""
 
     order: torch.Tensor  # [B, K] index into the retrieval order
-    positions: torch.Tensor  # [B, K, 2] a group's mode for its leader, else the cell's own position
+    # [B, K, 2] a group's mode for its leader, else the cell's own position
+    positions: torch.Tensor
     agreeing: torch.Tensor  # [B, K] cells in the hypothesis' group (itself included)
 
 
@@ -82,7 +86,8 @@ def consensus_order(positions: torch.Tensor, scores: torch.Tensor, beta: float, 
     """
     b, k = scores.shape
     if bandwidth <= 0 or k == 1:
-        return Consensus(torch.arange(k).expand(b, k).clone(), positions.clone(), torch.ones(b, k, dtype=torch.long))
+        return Consensus(torch.arange(k).expand(b, k).clone(), positions.clone(),
+                         torch.ones(b, k, dtype=torch.long))
     scene = torch.zeros(b, k, dtype=torch.long) if scene is None else scene
     weights = torch.softmax(beta * scores, dim=-1)
     modes, support = mean_shift(positions, weights, bandwidth, scene)
@@ -95,8 +100,8 @@ def consensus_order(positions: torch.Tensor, scores: torch.Tensor, beta: float, 
     rows = torch.arange(b)
     for step in range(k):
         i = by_support[:, step]
-        m = modes[rows, i]                                                        # [B, 2]
-        near = (lead_mode - m[:, None]).norm(dim=-1) < 0.5 * bandwidth               # [B, K groups]
+        m = modes[rows, i]                                                      # [B, 2]
+        near = (lead_mode - m[:, None]).norm(dim=-1) < 0.5 * bandwidth          # [B, K groups]
         near &= (torch.arange(k)[None] < groups[:, None]) & (lead_scene == scene[rows, i][:, None])
         joined = near.any(dim=1)
         g = torch.where(joined, near.double().argmax(dim=1), groups)
@@ -110,8 +115,10 @@ def consensus_order(positions: torch.Tensor, scores: torch.Tensor, beta: float, 
     is_lead = first.gather(1, group) == rank
     key = (~is_lead).long() * k * k + group * k + rank
     order = key.argsort(dim=1)
-    fused = torch.where(is_lead[..., None], lead_mode.gather(1, group[..., None].expand(b, k, 2)), positions)
-    size = torch.zeros(b, k, dtype=torch.long).scatter_add(1, group, torch.ones(b, k, dtype=torch.long))
+    fused = torch.where(is_lead[..., None],
+                        lead_mode.gather(1, group[..., None].expand(b, k, 2)), positions)
+    size = torch.zeros(b, k, dtype=torch.long).scatter_add(1, group,
+                                                           torch.ones(b, k, dtype=torch.long))
     return Consensus(order, reorder(order, fused), reorder(order, size.gather(1, group)))
 
 
@@ -120,10 +127,11 @@ def reorder(order: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return values.gather(1, order.view(order.shape + (1,) * (values.dim() - 2)).expand_as(values))
 
 
-def fit_consensus(positions: torch.Tensor, scores: torch.Tensor, scene: torch.Tensor, truth_xy: torch.Tensor,
-                  same_scene: torch.Tensor, thresholds: Sequence[float] = (5.0, 10.0, 15.0),
-                  betas: Sequence[float] = FIT_BETAS, bandwidths: Sequence[float] = FIT_BANDWIDTHS_M
-                  ) -> Tuple[float, float, float]:
+def fit_consensus(positions: torch.Tensor, scores: torch.Tensor, scene: torch.Tensor,
+                  truth_xy: torch.Tensor, same_scene: torch.Tensor,
+                  thresholds: Sequence[float] = (5.0, 10.0, 15.0),
+                  betas: Sequence[float] = FIT_BETAS,
+                  bandwidths: Sequence[float] = FIT_BANDWIDTHS_M) -> Tuple[float, float, float]:
     """(beta, bandwidth, objective): the pair whose best position is most often near the truth.
 
     The objective is the mean over ``thresholds`` of the share of queries whose

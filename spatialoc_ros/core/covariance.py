@@ -1,7 +1,8 @@
 """The published position covariance: the fine stage's precision and the coarse stage's doubt.
 
 Per hypothesis i (a candidate cell), the fine stage gives a position mu_i and a
-precision lambda_i in normalised cell units (spec §8.1). Its own variance per
+precision lambda_i in normalised cell units (the inverse variance of SpatiaLoc,
+arXiv 2601.03579, §3.4, Eq. (16)). Its own variance per
 axis, in m², is
 
     sigma_i² = scale · cell_size² / lambda_i                                   (1)
@@ -35,8 +36,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["Calibration", "hypothesis_variance", "informative_scores", "mixture_covariance", "mixture_weights",
-           "published_covariance", "sigma_radius_m"]
+__all__ = ["Calibration", "hypothesis_variance", "informative_scores", "mixture_covariance",
+           "mixture_weights", "published_covariance", "sigma_radius_m"]
 
 MIN_VARIANCE_M2 = 1e-4  # keeps every published matrix positive definite
 MAX_VARIANCE_M2 = 1e8  # and within the ROS bound of 1e9 with room for the off-diagonal terms
@@ -44,7 +45,8 @@ MAX_VARIANCE_M2 = 1e8  # and within the ROS bound of 1e9 with room for the off-d
 
 @dataclass
 class Calibration:
-    """The fitted numbers of the answer's post-processing (defaults: uncalibrated, no consensus)."""
+    """The fitted numbers of the answer's post-processing (defaults: uncalibrated, no
+    consensus)."""
 
     scale: float = 1.0  # multiplies 1/lambda, eq. (1)
     beta: float = 1.0  # sharpness of the mixture weights over retrieval scores, eq. (2)
@@ -54,7 +56,8 @@ class Calibration:
 
     def to_dict(self) -> dict:
         return {"scale": self.scale, "beta": self.beta, "fitted_on": self.fitted_on,
-                "consensus_beta": self.consensus_beta, "consensus_bandwidth_m": self.consensus_bandwidth_m}
+                "consensus_beta": self.consensus_beta,
+                "consensus_bandwidth_m": self.consensus_bandwidth_m}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
@@ -69,14 +72,16 @@ def sigma_radius_m(cov_xy) -> float:
     return float(np.sqrt(np.linalg.eigvalsh(np.asarray(cov_xy, dtype=np.float64)).max()))
 
 
-def hypothesis_variance(precision: torch.Tensor, cell_size: torch.Tensor, scale: float) -> torch.Tensor:
+def hypothesis_variance(precision: torch.Tensor, cell_size: torch.Tensor,
+                        scale: float) -> torch.Tensor:
     """Per-axis variance in m² of each hypothesis, eq. (1); shapes broadcast, e.g. [B, K]."""
     var = scale * cell_size ** 2 / precision
     return var.clamp(MIN_VARIANCE_M2, MAX_VARIANCE_M2)
 
 
 def informative_scores(scores: torch.Tensor, informative: Optional[torch.Tensor]) -> torch.Tensor:
-    """scores [B, K] scaled by each query's share of sentences naming a known class or colour [B] (None: 1)."""
+    """scores [B, K] scaled by each query's share of sentences naming a known class or colour
+    [B] (None: 1)."""
     return scores if informative is None else scores * informative.to(scores.dtype)[:, None]
 
 
@@ -100,7 +105,8 @@ def mixture_covariance(positions: torch.Tensor, variances: torch.Tensor, weights
 
 
 def published_covariance(positions: torch.Tensor, scores: torch.Tensor, precision: torch.Tensor,
-                         cell_size: torch.Tensor, cal: Calibration, informative: Optional[torch.Tensor] = None,
+                         cell_size: torch.Tensor, cal: Calibration,
+                         informative: Optional[torch.Tensor] = None,
                          centre: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The covariance [B, 2, 2] published about each query's answer, eq. (1) + (2).
 

@@ -38,7 +38,8 @@ def cells_digest(cells: Sequence, length: int = 16) -> str:
     """
     h = hashlib.blake2b(digest_size=16)
     for cell in cells:
-        h.update(f"cell|{cell.id}|{cell.scene}|{float(cell.cell_size)!r}|{len(cell.objects)}|".encode())
+        h.update(f"cell|{cell.id}|{cell.scene}|{float(cell.cell_size)!r}|"
+                 f"{len(cell.objects)}|".encode())
         _array(h, np.asarray(cell.bbox_w, dtype=np.float64))
         for obj in cell.objects:
             h.update(f"obj|{obj.id}|{int(obj.instance_id)}|{obj.label}|".encode())

@@ -1,4 +1,5 @@
-"""Batched encoding with the frozen-input caches: gallery cells and queries (coarse stage), fine predictions."""
+"""Batched encoding with the frozen-input caches: gallery cells and queries (coarse stage), fine
+predictions."""
 from __future__ import annotations
 
 from typing import List, Sequence
@@ -38,7 +39,8 @@ def _collect(chunks: List[CoarseOutputs], names) -> CoarseOutputs:
 
 
 @torch.inference_mode()
-def encode_gallery(model, bank, batch_size: int = 128, device="cpu", progress=False) -> CoarseOutputs:
+def encode_gallery(model, bank, batch_size: int = 128, device="cpu",
+                   progress=False) -> CoarseOutputs:
     """Cell descriptors of every cell of ``bank`` (a CellBank), on the CPU."""
     from tqdm import tqdm
 
@@ -48,7 +50,8 @@ def encode_gallery(model, bank, batch_size: int = 128, device="cpu", progress=Fa
         rows = torch.arange(start, min(start + batch_size, len(bank)))
         inputs = {k: v.to(device) for k, v in bank.batch(rows).items()}
         out = model.encode_cells(**inputs)
-        chunks.append(CoarseOutputs(**{k: None if getattr(out, k) is None else getattr(out, k).cpu()
+        chunks.append(CoarseOutputs(**{k: None if getattr(out, k) is None
+                                       else getattr(out, k).cpu()
                                        for k in _CELL_FIELDS}))
     return _collect(chunks, _CELL_FIELDS)
 
@@ -62,9 +65,11 @@ def encode_queries(model, cache, hints: Sequence[Sequence[str]], batch_size: int
     model.eval()
     chunks = []
     for start in tqdm(range(0, len(hints), batch_size), desc="queries", disable=not progress):
-        batch = {k: v.to(device) for k, v in text_batch(cache, hints[start:start + batch_size]).items()}
+        batch = {k: v.to(device)
+                 for k, v in text_batch(cache, hints[start:start + batch_size]).items()}
         out = model.encode_text(**batch)
-        chunks.append(CoarseOutputs(**{k: None if getattr(out, k) is None else getattr(out, k).cpu()
+        chunks.append(CoarseOutputs(**{k: None if getattr(out, k) is None
+                                       else getattr(out, k).cpu()
                                        for k in _TEXT_FIELDS}))
     return _collect(chunks, _TEXT_FIELDS)
 
@@ -72,7 +77,8 @@ def encode_queries(model, cache, hints: Sequence[Sequence[str]], batch_size: int
 @torch.inference_mode()
 def predict_fine(model, cache, bank, hints: Sequence[Sequence[str]], rows: np.ndarray,
                  device, batch_size: int = 256):
-    """Fine-stage offsets [M, 2] and precisions [M] (or None) of queries ``hints`` in bank rows ``rows``."""
+    """Fine-stage offsets [M, 2] and precisions [M] (or None) of queries ``hints`` in bank rows
+    ``rows``."""
     model.eval()
     offsets, precisions = [], []
     for start in range(0, len(rows), batch_size):

@@ -29,13 +29,15 @@ def weights_digest(path: Path) -> str:
 
 
 def load_pointnet(stem: str, device="cpu"):
-    """The frozen PointNet++ of ``stem`` (``stem.safetensors`` + ``stem.json``) and a description of it."""
+    """The frozen PointNet++ of ``stem`` (``stem.safetensors`` + ``stem.json``) and a
+    description of it."""
     from ..networks.checkpoint import load_checkpoint
     from ..networks.pointnet import PointNet2
 
     model, config = load_checkpoint(lambda cfg: PointNet2(**cfg["architecture"]), stem)
     model.eval().requires_grad_(False)
-    info = {"weights": str(Path(f"{stem}.safetensors")), "digest": weights_digest(Path(f"{stem}.safetensors")),
+    info = {"weights": str(Path(f"{stem}.safetensors")),
+            "digest": weights_digest(Path(f"{stem}.safetensors")),
             "metrics": config.get("metrics", {})}
     return model.to(device), info
 
@@ -58,15 +60,17 @@ def cache_dir(data, cache=None) -> Path:
     return path
 
 
-def bank_key(split: str, pointnet_digest: str, max_objects: int, seed: int, cells: Sequence) -> str:
+def bank_key(split: str, pointnet_digest: str, max_objects: int, seed: int,
+             cells: Sequence) -> str:
     """The name of a cell bank's cache file (without suffix): everything its contents depend on,
     the cells' content included (:func:`~.digest.cells_digest`)."""
     return f"{BANK_FORMAT}-{split}-{pointnet_digest}-{max_objects}-{seed}-{cells_digest(cells)}"
 
 
-def load_bank(root: Path, split: str, cells: Sequence, pointnet, pointnet_info: dict, max_objects: int,
-              seed: int, progress: bool = True) -> CellBank:
-    """The cell bank of ``cells`` under a loaded PointNet++, from ``root`` when cached, else computed and saved.
+def load_bank(root: Path, split: str, cells: Sequence, pointnet, pointnet_info: dict,
+              max_objects: int, seed: int, progress: bool = True) -> CellBank:
+    """The cell bank of ``cells`` under a loaded PointNet++, from ``root`` when cached, else
+    computed and saved.
 
     ``split`` names the file (a split, or "map"); the bank's ``key`` is its cache key
     (:func:`bank_key`), which the gallery's key builds on.
@@ -75,16 +79,17 @@ def load_bank(root: Path, split: str, cells: Sequence, pointnet, pointnet_info: 
     path = Path(root) / f"{key}.safetensors"
     bank = CellBank.load(path)
     if bank is None or bank.ids != [c.id for c in cells]:
-        log.info("computing the PointNet++ features of %d cells (nothing cached for these cells and weights: "
-                 "%s)", len(cells), path.name)
+        log.info("computing the PointNet++ features of %d cells (nothing cached for these cells "
+                 "and weights: %s)", len(cells), path.name)
         bank = build_cell_bank(cells, pointnet, max_objects, seed, progress=progress)
         bank.save(path)
     bank.key = key
     return bank
 
 
-def load_banks(root: Path, pointnet_stem: str, cells_by_split: Dict[str, Sequence], max_objects: int,
-               seed: int, progress: bool = True) -> Tuple[Dict[str, CellBank], dict]:
+def load_banks(root: Path, pointnet_stem: str, cells_by_split: Dict[str, Sequence],
+               max_objects: int, seed: int,
+               progress: bool = True) -> Tuple[Dict[str, CellBank], dict]:
     """A cell bank per split (cached under ``root``) and a description of the PointNet++ used."""
     pointnet, info = load_pointnet(pointnet_stem)
     banks = {split: load_bank(root, split, cells, pointnet, info, max_objects, seed, progress)

@@ -43,12 +43,14 @@ class Gallery:
         return torch.tensor([index[c] for c in ids], dtype=torch.long)
 
     def save(self, path) -> None:
-        tensors = {k: getattr(self.descriptors, k) for k in CELL_FIELDS if getattr(self.descriptors, k) is not None}
+        tensors = {k: getattr(self.descriptors, k) for k in CELL_FIELDS
+                   if getattr(self.descriptors, k) is not None}
         save_tensors(path, tensors, {"ids": self.ids})
 
     @classmethod
     def load(cls, path) -> Optional["Gallery"]:
-        """The gallery saved at ``path``; None when there is none, or (with a warning) when it is damaged."""
+        """The gallery saved at ``path``; None when there is none, or (with a warning) when it
+        is damaged."""
         loaded = load_tensors(path, "gallery")
         if loaded is None:
             return None
@@ -61,12 +63,14 @@ class Gallery:
 
 def gallery_key(coarse_weights, bank_key: str) -> str:
     """A short digest of the coarse weights file's bytes and the cell bank's key."""
-    return hashlib.sha256(f"{bank_key}|{file_digest(coarse_weights, 64)}".encode()).hexdigest()[:16]
+    key = f"{bank_key}|{file_digest(coarse_weights, 64)}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def load_or_encode_gallery(model, bank, cache_root, coarse_weights, bank_key: str, device="cpu",
                            progress: bool = False) -> Gallery:
-    """The gallery of ``bank`` under ``model``: from ``cache_root`` when cached, else encoded and saved.
+    """The gallery of ``bank`` under ``model``: from ``cache_root`` when cached, else encoded and
+    saved.
 
     ``cache_root`` None skips the disk cache (encode only).
     """
@@ -78,9 +82,10 @@ def load_or_encode_gallery(model, bank, cache_root, coarse_weights, bank_key: st
         cached = Gallery.load(path)
         if cached is not None and cached.ids == list(bank.ids):
             return cached
-        log.info("encoding the gallery of %d cells (nothing cached for these cells and weights: %s)",
-                 len(bank.ids), path.name)
-    gallery = Gallery(list(bank.ids), encode_gallery(model, bank, device=device, progress=progress))
+        log.info("encoding the gallery of %d cells (nothing cached for these cells and "
+                 "weights: %s)", len(bank.ids), path.name)
+    gallery = Gallery(list(bank.ids),
+                      encode_gallery(model, bank, device=device, progress=progress))
     if path is not None:
         gallery.save(path)
     return gallery

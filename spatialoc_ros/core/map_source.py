@@ -42,9 +42,11 @@ def split_label(scenes: Sequence[str]) -> str:
 
 
 class KittiPoseMap:
-    """A KITTI360Pose folder (all scenes with a cells and a poses file, or the named ones) as a map."""
+    """A KITTI360Pose folder (all scenes with a cells and a poses file, or the named ones) as a
+    map."""
 
-    def __init__(self, root, scenes: Optional[Sequence[str]] = None, frame_id: str = DEFAULT_FRAME):
+    def __init__(self, root, scenes: Optional[Sequence[str]] = None,
+                 frame_id: str = DEFAULT_FRAME):
         from ..data.kitti360pose import available_scenes, load_split, resolve_scene
 
         self.path = Path(root)
@@ -81,7 +83,8 @@ def is_kitti360pose_folder(path: Path) -> bool:
     return (path / "cells").is_dir()
 
 
-def open_map(path, scenes: Optional[Sequence[str]] = None, frame_id: str = DEFAULT_FRAME) -> MapSource:
+def open_map(path, scenes: Optional[Sequence[str]] = None,
+             frame_id: str = DEFAULT_FRAME) -> MapSource:
     """The map source of a folder, by its contents; one clear error for anything else.
 
     The scene files are read on first access to the cells, so a caller can check
@@ -92,4 +95,5 @@ def open_map(path, scenes: Optional[Sequence[str]] = None, frame_id: str = DEFAU
         raise SpatialocError(f"{path}: no such map folder")
     if is_kitti360pose_folder(root):
         return KittiPoseMap(root, scenes, frame_id)
-    raise SpatialocError(f"{path}: not a map folder (expected a KITTI360Pose folder with cells/ and poses/)")
+    raise SpatialocError(f"{path}: not a map folder (expected a KITTI360Pose folder with cells/ "
+                         "and poses/)")

@@ -23,7 +23,9 @@ RngLike = Union[np.random.Generator, int, None]
 
 def as_rng(rng: RngLike) -> np.random.Generator:
     """A Generator as is; an int seed or None (= seed 0) made into one."""
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(0 if rng is None else rng)
 
 
 def sample_object(obj: Object3d, num_points: int = NUM_POINTS, rng: RngLike = None

@@ -18,7 +18,8 @@ from ..errors import SpatialocError
 DEFAULT_MAX_CHARS = 2000  # a long spoken description is a few hundred characters
 DEFAULT_MAX_HINTS = 12
 
-_VOCABULARY = sorted({name.lower() for name in list(CLASS_NAMES) + list(COLOR_NAMES)}, key=len, reverse=True)
+_VOCABULARY = sorted({name.lower() for name in list(CLASS_NAMES) + list(COLOR_NAMES)},
+                     key=len, reverse=True)
 _KNOWN = re.compile(r"\b(" + "|".join(re.escape(w) for w in _VOCABULARY) + r")\b")
 
 
@@ -41,16 +42,18 @@ def check_text(text, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     if not isinstance(text, str):
         raise QueryRejected("NOT_TEXT", f"the query is a {type(text).__name__}, not text")
     if len(text) > max_chars:
-        raise QueryRejected("QUERY_TOO_LONG", f"the query has {len(text)} characters; at most {max_chars} "
-                                              "are accepted")
+        raise QueryRejected("QUERY_TOO_LONG", f"the query has {len(text)} characters; at most "
+                                              f"{max_chars} are accepted")
     stripped = text.strip()
     if not stripped:
-        raise QueryRejected("EMPTY_QUERY", "the query is empty" if not text else "the query is only whitespace")
-    controls = sum(1 for c in stripped if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\t\n\r")
+        raise QueryRejected("EMPTY_QUERY", "the query is empty" if not text
+                            else "the query is only whitespace")
+    controls = sum(1 for c in stripped
+                   if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\t\n\r")
     letters = sum(1 for c in stripped if c.isalpha())
     if controls or letters == 0:
-        raise QueryRejected("NOT_TEXT", "the query holds control or undecodable characters" if controls
-                            else "the query has no letters")
+        raise QueryRejected("NOT_TEXT", "the query holds control or undecodable characters"
+                            if controls else "the query has no letters")
     return stripped
 
 
@@ -59,8 +62,8 @@ def check_hints(hints: List[str], max_hints: int = DEFAULT_MAX_HINTS) -> List[st
     if not hints:
         raise QueryRejected("EMPTY_QUERY", "the query has no sentence")
     if len(hints) > max_hints:
-        raise QueryRejected("QUERY_TOO_LONG", f"the query has {len(hints)} sentences; at most {max_hints} "
-                                              "are used")
+        raise QueryRejected("QUERY_TOO_LONG", f"the query has {len(hints)} sentences; at most "
+                                              f"{max_hints} are used")
     return hints
 
 

@@ -1,9 +1,11 @@
-"""Coarse retrieval: score every gallery cell per query, rank, measure recall (spec §7.6).
+"""Coarse retrieval: score every gallery cell per query, rank, measure recall.
 
-The score is the code's fusion (spec §7.6, bug #6): for query i and cell j
+This is the coarse stage of SpatiaLoc (arXiv 2601.03579), §3.1, Eq. (2). The
+paper ranks by the distance of the global descriptors alone; the reference code
+ranks by a fusion of three scores, and so do we: for query i and cell j
 
     s1 = <Q_glo_i, P_glo_j>                       global descriptors
-    s2 = lambda(F_Object_T_i, F_Object_P_j)       set similarity (§7.1)
+    s2 = lambda(F_Object_T_i, F_Object_P_j)       set similarity (lambda of Eq. (9))
     s3 = lambda(F_Relation_T_i, F_Relation_P_j)
     score = z(s1) + z(s2) + z(s3)
 
@@ -28,8 +30,8 @@ from ..networks.outputs import CoarseOutputs
 
 _ENTRIES_PER_CHUNK = 1 << 24  # similarity entries per block of queries (64 MiB in float32)
 
-__all__ = ["SCORES", "GalleryScorer", "fused_scores", "rank_cells", "retrieval_metrics", "retrieval_recall", "top_k",
-           "zscore"]
+__all__ = ["SCORES", "GalleryScorer", "fused_scores", "rank_cells", "retrieval_metrics",
+           "retrieval_recall", "top_k", "zscore"]
 
 SCORES = ("global", "object", "relation")
 
@@ -72,13 +74,15 @@ class GalleryScorer:
                 p, mask = getattr(gallery, field), gallery.p_mask
                 if not bool(mask.any(1).all()):
                     raise ValueError("every gallery cell needs a valid object")
-                flat = p.masked_fill(~mask.unsqueeze(-1), 0.0).reshape(-1, p.shape[-1]).t().contiguous()
+                flat = (p.masked_fill(~mask.unsqueeze(-1), 0.0).reshape(-1, p.shape[-1])
+                        .t().contiguous())
                 neg = torch.zeros(mask.shape, dtype=p.dtype).masked_fill(~mask, float("-inf"))
                 self.sets[name] = (flat, neg)                                    # [D, C*N], [C, N]
         self.cells = (gallery.p_glo if gallery.p_glo is not None else gallery.p_mask).shape[0]
 
     def __call__(self, query: CoarseOutputs) -> torch.Tensor:
-        """Fused scores [B, C] (higher = better), equal to ``fused_scores(query, gallery, use)``."""
+        """Fused scores [B, C] (higher = better), equal to ``fused_scores(query, gallery,
+        use)``."""
         b = (query.q_glo if query.q_glo is not None else query.t_mask).shape[0]
         slots = max((neg.shape[1] for _, neg in self.sets.values()), default=1)
         hints = query.t_mask.shape[1] if query.t_mask is not None else 1
@@ -123,11 +127,14 @@ def retrieval_recall(topk_ids: torch.Tensor, gt_ids: torch.Tensor,
     return {k: hit[:, :k].any(1).float().mean().item() for k in ks}
 
 
-def rank_cells(queries: CoarseOutputs, gallery: CoarseOutputs, scores: Sequence[str], k: int = 10) -> torch.Tensor:
-    """Gallery rows [B, k] of the best cells per query, best first (fused scores, spec §7.6)."""
+def rank_cells(queries: CoarseOutputs, gallery: CoarseOutputs, scores: Sequence[str],
+               k: int = 10) -> torch.Tensor:
+    """Gallery rows [B, k] of the best cells per query, best first (fused scores, see the module
+    docstring)."""
     return top_k(GalleryScorer(gallery, scores)(queries), k)
 
 
-def retrieval_metrics(topk_rows: torch.Tensor, gt_rows: torch.Tensor, ks=(1, 3, 5)) -> Dict[str, float]:
+def retrieval_metrics(topk_rows: torch.Tensor, gt_rows: torch.Tensor,
+                      ks=(1, 3, 5)) -> Dict[str, float]:
     """{"1": r, "3": r, "5": r}: the share of queries whose ground-truth cell is in the top k."""
     return {str(k): v for k, v in retrieval_recall(topk_rows, gt_rows, ks).items()}

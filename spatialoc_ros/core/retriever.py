@@ -25,7 +25,8 @@ class Retriever(Protocol):
 
 
 class ExhaustiveRetriever:
-    """Fused scores of every gallery cell, then the top k: the reference for any approximate index."""
+    """Fused scores of every gallery cell, then the top k: the reference for any approximate
+    index."""
 
     def __init__(self, gallery, score_terms: Sequence[str]):
         self.scorer = GalleryScorer(gallery.descriptors, score_terms)
@@ -50,5 +51,6 @@ def make_retriever(kind: str, gallery, score_terms: Sequence[str]) -> Retriever:
     from ..errors import SpatialocError
 
     if kind not in RETRIEVERS:
-        raise SpatialocError(f"unknown retriever {kind!r}; expected one of: {', '.join(sorted(RETRIEVERS))}")
+        raise SpatialocError(f"unknown retriever {kind!r}; expected one of: "
+                             f"{', '.join(sorted(RETRIEVERS))}")
     return RETRIEVERS[kind](gallery, score_terms)

@@ -1,6 +1,7 @@
-"""Token embeddings of hint sentences, computed once per unique sentence (method §1.2 [REC]).
+"""Token embeddings of hint sentences, computed once per unique sentence.
 
-The text encoder is frozen, so a sentence always gives the same token embeddings.
+The text encoder is frozen (as SpatiaLoc's T5 is, arXiv 2601.03579 §3.2), so a
+sentence always gives the same token embeddings.
 KITTI360Pose hints are templated ("The pose is {direction} of a {colour} {class}."),
 so a whole dataset has only a few hundred unique sentences: encoding them once
 replaces the encoder's forward pass in every training step.
@@ -144,10 +145,11 @@ class TextCache:
         lengths = [int(t.shape[0]) for t in self._tokens]
         packed = torch.cat(self._tokens) if self._tokens else torch.zeros(0, self.hidden_size)
         stamp = _stamp(self.name, sentences, lengths)
-        save_tensors(folder / TOKENS_FILE, {"tokens": packed}, {"encoder": self.name, "stamp": stamp})
-        write_json(folder / INDEX_FILE, {"format": FORMAT, "encoder": self.name, "hidden_size": self.hidden_size,
-                                         "dtype": "float32", "stamp": stamp, "sentences": sentences,
-                                         "lengths": lengths}, indent=None, ensure_ascii=False)
+        save_tensors(folder / TOKENS_FILE, {"tokens": packed},
+                     {"encoder": self.name, "stamp": stamp})
+        index = {"format": FORMAT, "encoder": self.name, "hidden_size": self.hidden_size,
+                 "dtype": "float32", "stamp": stamp, "sentences": sentences, "lengths": lengths}
+        write_json(folder / INDEX_FILE, index, indent=None, ensure_ascii=False)
         return folder
 
     def load(self, folder: Union[str, Path]) -> bool:
@@ -217,7 +219,8 @@ def batch_hints(
 
 
 def text_batch(cache: "TextCache", hints: Sequence[Sequence[str]]) -> Dict[str, torch.Tensor]:
-    """Keyword inputs of ``CoarseModel.encode_text`` (and the fine stage) for queries given as hint lists.
+    """Keyword inputs of ``CoarseModel.encode_text`` (and the fine stage) for queries given as
+    hint lists.
 
     Each unique sentence of the batch is encoded once: ``tokens`` [S, L, Dt] and
     ``token_mask`` [S, L] from the cache; ``hint_index`` / ``hint_mask`` [B, Q]

@@ -1,4 +1,5 @@
-"""One weights folder: PointNet++, coarse and fine stages, text encoder and calibration, checked together.
+"""One weights folder: PointNet++, coarse and fine stages, text encoder and calibration, checked
+together.
 
 A folder such as ``models/`` holds ``pointnet``, ``coarse`` and ``fine``
 (``.safetensors`` + ``.json`` each, :mod:`~spatialoc_ros.networks.checkpoint`)
@@ -31,12 +32,13 @@ def check_files(folder, stages: Sequence[str] = STAGES) -> None:
     for name in stages:
         path = Path(folder) / f"{name}.safetensors"
         if not path.exists():
-            raise SpatialocError(f"{Path(folder) / name}.safetensors: no {name} weights in {folder} "
-                                 f"(train them with `{_TRAIN_HINT[name]}`)")
+            raise SpatialocError(f"{Path(folder) / name}.safetensors: no {name} weights in "
+                                 f"{folder} (train them with `{_TRAIN_HINT[name]}`)")
 
 
 def load_calibration(weights) -> Calibration:
-    """``weights/calibration.json`` if present (written by ``spatialoc eval --fit-calibration``)."""
+    """``weights/calibration.json`` if present (written by ``spatialoc eval
+    --fit-calibration``)."""
     path = Path(weights) / CALIBRATION_FILE
     if not path.exists():
         return Calibration()
@@ -53,7 +55,8 @@ def load_coarse_model(weights, device="cpu"):
 
     stem = Path(weights) / "coarse"
     check_files(weights, ("coarse",))
-    model, config = load_checkpoint(lambda cfg: CoarseModel(CoarseConfig.from_dict(cfg["architecture"])), stem)
+    model, config = load_checkpoint(
+        lambda cfg: CoarseModel(CoarseConfig.from_dict(cfg["architecture"])), stem)
     return model.to(device).eval(), config
 
 
@@ -64,15 +67,16 @@ def load_fine_model(weights, coarse_config: dict, device="cpu"):
 
     stem = Path(weights) / "fine"
     check_files(weights, ("fine",))
-    model, config = load_checkpoint(lambda cfg: FineModel(FineConfig.from_dict(cfg["architecture"])), stem)
+    model, config = load_checkpoint(
+        lambda cfg: FineModel(FineConfig.from_dict(cfg["architecture"])), stem)
     if config.get("text_encoder") != coarse_config.get("text_encoder"):
         raise SpatialocError(f"{stem}.json: the fine stage was trained with text encoder "
                              f"{config.get('text_encoder')!r}, the coarse stage with "
                              f"{coarse_config.get('text_encoder')!r}")
     digest = config.get("pointnet", {}).get("digest")
     if digest and digest != coarse_config.get("pointnet", {}).get("digest"):
-        raise SpatialocError(f"{stem}.json: the fine stage was trained on other PointNet++ features "
-                             f"(digest {digest}) than the coarse stage")
+        raise SpatialocError(f"{stem}.json: the fine stage was trained on other PointNet++ "
+                             f"features (digest {digest}) than the coarse stage")
     return model.to(device).eval(), config
 
 
@@ -86,7 +90,8 @@ class WeightsBundle:
     pointnet_info: dict  # weights path, digest of its bytes, metrics
     coarse: torch.nn.Module  # CoarseModel, eval mode
     coarse_config: dict
-    fine: Optional[torch.nn.Module]  # FineModel, eval mode; None when loaded without the fine stage
+    # FineModel, eval mode; None when loaded without the fine stage
+    fine: Optional[torch.nn.Module]
     fine_config: Optional[dict]
     calibration: Calibration
     _text_encoder: object = field(default=None, repr=False)
@@ -101,9 +106,11 @@ class WeightsBundle:
         pointnet, info = load_pointnet(str(folder / "pointnet"))
         trained_with = coarse_config.get("pointnet", {}).get("digest")
         if trained_with and trained_with != info["digest"]:
-            raise SpatialocError(f"{folder}/pointnet.safetensors is not the PointNet++ the coarse model was "
-                                 f"trained with (digest {info['digest']}, expected {trained_with})")
-        fine_model, fine_config = load_fine_model(folder, coarse_config, device) if fine else (None, None)
+            raise SpatialocError(f"{folder}/pointnet.safetensors is not the PointNet++ the coarse "
+                                 f"model was trained with (digest {info['digest']}, expected "
+                                 f"{trained_with})")
+        fine_model, fine_config = (load_fine_model(folder, coarse_config, device) if fine
+                                   else (None, None))
         return cls(folder, device, pointnet, info, coarse, coarse_config, fine_model, fine_config,
                    load_calibration(folder))
 

@@ -5,7 +5,7 @@ which the original generator meets them while reading the map). A cell is a
 30 m cube: stuff objects (road, vegetation, ...) are cropped to the cube and
 split into connected pieces with DBSCAN; instance objects (buildings, poles,
 ...) are kept whole when at least a third of their points lie inside.
-See ``kitti360pose_format.md`` §4.2-4.4.
+The procedure and its constants are summarised in README.md, "The synthetic city".
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ class SceneIndex:
 
     def tiles_in(self, bbox: np.ndarray) -> np.ndarray:
         """Indices of tiles whose bounding box meets the closed cube ``bbox``."""
-        ok = np.all(self.tile_hi >= bbox[None, :3], axis=1) & np.all(self.tile_lo <= bbox[None, 3:], axis=1)
+        ok = (np.all(self.tile_hi >= bbox[None, :3], axis=1)
+              & np.all(self.tile_lo <= bbox[None, 3:], axis=1))
         return np.flatnonzero(ok)
 
     def near_instance(self, points: np.ndarray, radius: float) -> np.ndarray:
@@ -76,7 +77,8 @@ def _inside(xyz: np.ndarray, bbox: np.ndarray) -> np.ndarray:
     return np.all(xyz >= bbox[None, :3], axis=1) & np.all(xyz <= bbox[None, 3:], axis=1)
 
 
-def dbscan_labels(xyz: np.ndarray, eps: float = C.DBSCAN_EPS, min_samples: int = C.DBSCAN_MIN_SAMPLES) -> np.ndarray:
+def dbscan_labels(xyz: np.ndarray, eps: float = C.DBSCAN_EPS,
+                  min_samples: int = C.DBSCAN_MIN_SAMPLES) -> np.ndarray:
     """Cluster labels (-1 = noise) of open3d's DBSCAN on world coordinates."""
     import open3d as o3d
 
@@ -91,7 +93,8 @@ def build_cell(
     scene: str,
     min_objects: int = C.NUM_MENTIONED,
 ) -> Optional[Cell]:
-    """The cell of ``bbox`` (world cube), or None if it holds fewer than ``min_objects`` objects."""
+    """The cell of ``bbox`` (world cube), or None if it holds fewer than ``min_objects``
+    objects."""
     bbox = np.asarray(bbox, dtype=np.float64)
     cell_size = float(np.max(bbox[3:] - bbox[:3]))
     hits = index.tiles_in(bbox)
@@ -101,7 +104,8 @@ def build_cell(
         if obj.label in C.INSTANCE_CLASSES:
             inside = _inside(obj.xyz, bbox)
             if inside.sum() >= C.INSIDE_FRACTION * len(obj.xyz):
-                kept.append(Object3d(0, obj.instance_id, obj.label, obj.xyz.copy(), obj.rgb.copy()))
+                kept.append(Object3d(0, obj.instance_id, obj.label, obj.xyz.copy(),
+                                     obj.rgb.copy()))
             continue
         tiles = hits[index.tile_owner[hits] == owner]
         xyz = np.concatenate([index.tile_xyz[t] for t in tiles])
@@ -142,7 +146,8 @@ def subsample_locations(trajectory: np.ndarray, min_dist: float) -> np.ndarray:
     return np.asarray(kept).reshape(-1, 3)
 
 
-def close_locations(index: SceneIndex, locations: np.ndarray, radius: float = C.CELL_SIZE / 2) -> np.ndarray:
+def close_locations(index: SceneIndex, locations: np.ndarray,
+                    radius: float = C.CELL_SIZE / 2) -> np.ndarray:
     """Locations with some instance object point within ``radius`` (3-D)."""
     return locations[index.near_instance(locations, radius)]
 
@@ -151,7 +156,8 @@ def grid_cell_centers(locations: np.ndarray) -> np.ndarray:
     """Cell centres on a 10 m grid within 30 m (2-D) of a location; z from that location."""
     x0, y0 = int(locations[:, 0].min()), int(locations[:, 1].min())
     x1, y1 = int(locations[:, 0].max()), int(locations[:, 1].max())
-    xs, ys = np.meshgrid(np.arange(x0, x1, C.CELL_DIST), np.arange(y0, y1, C.CELL_DIST), indexing="ij")
+    xs, ys = np.meshgrid(np.arange(x0, x1, C.CELL_DIST), np.arange(y0, y1, C.CELL_DIST),
+                         indexing="ij")
     centers = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
     if len(centers) == 0:
         return np.zeros((0, 3))
@@ -160,7 +166,8 @@ def grid_cell_centers(locations: np.ndarray) -> np.ndarray:
     return np.concatenate([centers[keep], locations[nearest[keep], 2:3]], axis=1)
 
 
-def make_cells(index: SceneIndex, centers: np.ndarray, scene_short: str, progress=None) -> List[Cell]:
+def make_cells(index: SceneIndex, centers: np.ndarray, scene_short: str,
+               progress=None) -> List[Cell]:
     """Build the grid cells; rejected centres leave a gap in the id sequence."""
     cells = []
     half = C.CELL_SIZE / 2

@@ -111,7 +111,8 @@ class _Builder:
         self.objects.append(SceneObject(len(self.objects) + 1, label, xyz.astype(np.float64), rgb))
 
 
-def generate_city(rng: np.random.Generator, drive_length: float, district_weights: Dict[str, float]) -> City:
+def generate_city(rng: np.random.Generator, drive_length: float,
+                  district_weights: Dict[str, float]) -> City:
     """Build one scene: streets, a drive of about ``drive_length`` metres, and its objects."""
     slope = rng.uniform(-0.01, 0.01, 2)
     amp, wl = rng.uniform(0.5, 3.0), rng.uniform(150, 400, 2)
@@ -119,11 +120,13 @@ def generate_city(rng: np.random.Generator, drive_length: float, district_weight
 
     def ground(xy):
         xy = np.atleast_2d(xy)
-        return xy @ slope + amp * np.sin(xy[:, 0] / wl[0] + phase[0]) * np.cos(xy[:, 1] / wl[1] + phase[1])
+        return (xy @ slope
+                + amp * np.sin(xy[:, 0] / wl[0] + phase[0]) * np.cos(xy[:, 1] / wl[1] + phase[1]))
 
     nodes, edges = street_graph(rng, drive_length)
     path, used = drive(rng, nodes, edges, drive_length)
-    traj_xy = polyline(nodes, path, lane_offset=2.0)[: int(drive_length) + 1]  # samples are 1 m apart
+    # samples are 1 m apart
+    traj_xy = polyline(nodes, path, lane_offset=2.0)[: int(drive_length) + 1]
     trajectory = np.concatenate([traj_xy, (ground(traj_xy) + 1.7)[:, None]], 1)
 
     # districts: each street takes the kind of the nearest district centre
@@ -137,7 +140,8 @@ def generate_city(rng: np.random.Generator, drive_length: float, district_weight
         mid = np.linspace(nodes[a], nodes[b], 20)
         if traj_tree.query(mid)[0].min() > 60.0:
             continue
-        kind = kinds[centre_kind[np.argmin(np.linalg.norm(centres - (nodes[a] + nodes[b]) / 2, axis=1))]]
+        kind = kinds[centre_kind[np.argmin(np.linalg.norm(centres - (nodes[a] + nodes[b]) / 2,
+                                                          axis=1))]]
         hw = float(rng.choice([3.0, 3.5, 4.0, 5.0] if kind != "rural" else [3.0, 3.5]))
         if kind == "urban":
             sw = tuple(rng.uniform(2.5, 4.0, 2))
@@ -154,7 +158,8 @@ def generate_city(rng: np.random.Generator, drive_length: float, district_weight
     intersections(rng, builder, streets, traj_tree)
     bridge_and_tunnel(rng, builder, streets)
     # street furniture of side streets can lie far from the drive: no cell can see it
-    objects = [o for o in builder.objects if _near_drive(traj_tree, o.xyz[::10, :2], REACH + 5).any()]
+    objects = [o for o in builder.objects
+               if _near_drive(traj_tree, o.xyz[::10, :2], REACH + 5).any()]
     return City(_scene_order(objects, trajectory), trajectory, streets)
 
 
@@ -200,7 +205,8 @@ def _parcels_and_buildings(rng, builder, streets, traj_tree):
         """No part of the footprint (edges sampled) lies on a road or sidewalk."""
         edges = [np.linspace(corners[i], corners[(i + 1) % 4], 6) for i in range(4)]
         d, i = street_tree.query(np.concatenate(edges + [corners.mean(0, keepdims=True)]))
-        margin = np.array([streets[k].half_width + min(streets[k].sidewalk) + 0.2 for k in street_idx[i]])
+        margin = np.array([streets[k].half_width + min(streets[k].sidewalk) + 0.2
+                           for k in street_idx[i]])
         return np.all(d > margin)
 
     def overlaps(corners):
@@ -245,7 +251,8 @@ def _parcel_ground(rng, kind):
 
 def _rect(s: Street, side, t0, t1, q0, q1):
     """Corners of the lot area between t0..t1 along the street and depth q0..q1 behind the kerb."""
-    return np.array([s.at(t0, side * q0), s.at(t1, side * q0), s.at(t1, side * q1), s.at(t0, side * q1)])
+    return np.array([s.at(t0, side * q0), s.at(t1, side * q0), s.at(t1, side * q1),
+                     s.at(t0, side * q1)])
 
 
 def _parcel_structures(rng, s, side, kerb, t0, t1, kind):
@@ -254,33 +261,41 @@ def _parcel_structures(rng, s, side, kerb, t0, t1, kind):
     out = []
     if kind == "block" and span > 10:
         q0 = kerb + rng.uniform(0.3, 2.0)
-        out.append((_rect(s, side, t0 + 0.5, t1 - 0.5, q0, q0 + rng.uniform(10, 18)), "building", rng.uniform(10, 24)))
+        out.append((_rect(s, side, t0 + 0.5, t1 - 0.5, q0, q0 + rng.uniform(10, 18)), "building",
+                    rng.uniform(10, 24)))
     elif kind == "house" and span > 12:
         q0 = kerb + rng.uniform(4, 9)
         w = min(span - 4, rng.uniform(8, 14))
         tc = t0 + rng.uniform(2 + w / 2, span - 2 - w / 2) if span - 4 > w else (t0 + t1) / 2
-        out.append((_rect(s, side, tc - w / 2, tc + w / 2, q0, q0 + rng.uniform(8, 12)), "building", rng.uniform(6, 11)))
+        out.append((_rect(s, side, tc - w / 2, tc + w / 2, q0, q0 + rng.uniform(8, 12)),
+                    "building", rng.uniform(6, 11)))
         if rng.random() < 0.35:
             g0 = min(t1 - 4, tc + w / 2 + 1.5)
-            out.append((_rect(s, side, g0, g0 + 3.2, q0 + 1, q0 + 7), "garage", rng.uniform(2.4, 3.0)))
+            out.append((_rect(s, side, g0, g0 + 3.2, q0 + 1, q0 + 7), "garage",
+                        rng.uniform(2.4, 3.0)))
     elif kind == "works" and span > 14:
         q0 = kerb + rng.uniform(8, 15)
-        out.append((_rect(s, side, t0 + 1, t1 - 1, q0, q0 + rng.uniform(15, 25)), "building", rng.uniform(6, 12)))
+        out.append((_rect(s, side, t0 + 1, t1 - 1, q0, q0 + rng.uniform(15, 25)), "building",
+                    rng.uniform(6, 12)))
         for k in range(rng.integers(0, 3)):
             g0 = t0 + 1 + k * 4
             if g0 + 3.5 < t1:
-                out.append((_rect(s, side, g0, g0 + 3.5, kerb + 2, kerb + 7.5), "garage", rng.uniform(2.5, 3.2)))
+                out.append((_rect(s, side, g0, g0 + 3.5, kerb + 2, kerb + 7.5), "garage",
+                            rng.uniform(2.5, 3.2)))
     elif kind == "park" and rng.random() < 0.1:
-        out.append((_rect(s, side, t0 + 3, t0 + 8, kerb + 6, kerb + 10), "building", rng.uniform(3, 5)))
+        out.append((_rect(s, side, t0 + 3, t0 + 8, kerb + 6, kerb + 10), "building",
+                    rng.uniform(3, 5)))
     return out
 
 
 def _parcel_green(rng, builder, s, side, kerb, t0, t1, kind):
     """Trees, bushes, hedges, walls and fences of one lot."""
-    trees = {"park": 1.5, "forest": 2.5, "house": 0.6, "field": 0.2, "works": 0.1, "block": 0.05, "parking": 0.2}[kind]
+    trees = {"park": 1.5, "forest": 2.5, "house": 0.6, "field": 0.2, "works": 0.1, "block": 0.05,
+             "parking": 0.2}[kind]
     for _ in range(rng.poisson(trees * (t1 - t0) / 25)):
         tree(rng, builder, s.at(rng.uniform(t0, t1), side * (kerb + rng.uniform(3, 30))))
-    bushes = {"park": 1.5, "forest": 1.0, "house": 1.2, "field": 0.3, "works": 0.3, "block": 0.2, "parking": 0.4}[kind]
+    bushes = {"park": 1.5, "forest": 1.0, "house": 1.2, "field": 0.3, "works": 0.3, "block": 0.2,
+              "parking": 0.4}[kind]
     for _ in range(rng.poisson(bushes * (t1 - t0) / 25)):
         bush(rng, builder, s.at(rng.uniform(t0, t1), side * (kerb + rng.uniform(1.5, 20))))
     front = kerb + 0.3
@@ -289,7 +304,8 @@ def _parcel_green(rng, builder, s, side, kerb, t0, t1, kind):
         r = rng.random()
         if r < 0.3:  # hedge
             p0, p1 = s.at(t0 + 0.5, side * front), s.at(t1 - gap, side * front)
-            builder.add("vegetation", strip(rng, builder.ground, p0, p1, rng.uniform(0.8, 1.6), spacing=0.45))
+            builder.add("vegetation", strip(rng, builder.ground, p0, p1, rng.uniform(0.8, 1.6),
+                                            spacing=0.45))
         elif r < 0.65:
             label = "fence" if rng.random() < 0.6 else "wall"
             p0, p1 = s.at(t0 + 0.5, side * front), s.at(t1 - gap, side * front)
@@ -300,7 +316,8 @@ def _parcel_green(rng, builder, s, side, kerb, t0, t1, kind):
         builder.add(label, strip(rng, builder.ground, p0, p1, rng.uniform(1.5, 2.5)))
     elif kind == "park" and rng.random() < 0.3:
         p0, p1 = s.at(t0 + 1, side * (kerb + 2)), s.at(t1 - 1, side * (kerb + 2))
-        builder.add("vegetation", strip(rng, builder.ground, p0, p1, rng.uniform(0.6, 1.2), spacing=0.45))
+        builder.add("vegetation", strip(rng, builder.ground, p0, p1, rng.uniform(0.6, 1.2),
+                                        spacing=0.45))
 
 
 def _ground(rng, builder, streets, traj_tree, footprints):
@@ -321,9 +338,11 @@ def _ground(rng, builder, streets, traj_tree, footprints):
     sid, t = owner[k], along[k]
     a = np.array([s.a for s in streets])[sid]
     u = np.array([s.u for s in streets])[sid]
-    side = np.where((u[:, 0] * (grid[:, 1] - a[:, 1]) - u[:, 1] * (grid[:, 0] - a[:, 0])) >= 0, 1, -1)
+    side = np.where((u[:, 0] * (grid[:, 1] - a[:, 1]) - u[:, 1] * (grid[:, 0] - a[:, 0])) >= 0,
+                    1, -1)
     hw = np.array([s.half_width for s in streets])[sid]
-    sw = np.where(side == 1, np.array([s.sidewalk[0] for s in streets])[sid], np.array([s.sidewalk[1] for s in streets])[sid])
+    sw = np.where(side == 1, np.array([s.sidewalk[0] for s in streets])[sid],
+                  np.array([s.sidewalk[1] for s in streets])[sid])
     keys = np.full(len(grid), -1, dtype=np.int64)
     labels: List[str] = []
     key_of: Dict[tuple, int] = {}
@@ -360,7 +379,8 @@ def _ground(rng, builder, streets, traj_tree, footprints):
                 continue
             near = depth[m] < 25
             # city blocks pave the strip up to the facade: it is part of the street's sidewalk
-            keys[m[near]] = key("sidewalk", si, sd) if p.ground == "sidewalk_ext" else key(p.ground, "parcel", pi)
+            keys[m[near]] = (key("sidewalk", si, sd) if p.ground == "sidewalk_ext"
+                             else key(p.ground, "parcel", pi))
             keys[m[~near]] = key(p.back, "back", pi)
     # no ground under buildings
     if footprints:
@@ -368,7 +388,8 @@ def _ground(rng, builder, streets, traj_tree, footprints):
         tree = cKDTree(grid)
         for rect in footprints:
             c = rect.mean(0)
-            idx = np.asarray(tree.query_ball_point(c, np.linalg.norm(rect - c, axis=1).max()), dtype=int)
+            idx = np.asarray(tree.query_ball_point(c, np.linalg.norm(rect - c, axis=1).max()),
+                             dtype=int)
             if len(idx):
                 keep[idx[in_quad(grid[idx], rect)]] = False
         grid, keys, parity = grid[keep], keys[keep], parity[keep]
@@ -381,11 +402,13 @@ def _ground(rng, builder, streets, traj_tree, footprints):
     for k in range(len(labels)):
         idx = order[bounds[k]:bounds[k + 1]]
         lift = 0.4 if labels[k] == "vegetation" else 0.0  # low bushes
-        builder.add(labels[k], np.concatenate([grid[idx], (z[idx] + lift)[:, None]], 1), noise=0.04)
+        builder.add(labels[k], np.concatenate([grid[idx], (z[idx] + lift)[:, None]], 1),
+                    noise=0.04)
 
 
 def _scene_order(objects: List[SceneObject], trajectory: np.ndarray) -> List[SceneObject]:
-    """Order as the original generator meets objects: by map chunk along the drive, then class order."""
+    """Order as the original generator meets objects: by map chunk along the drive, then class
+    order."""
     arclen = np.concatenate([[0], np.cumsum(np.linalg.norm(np.diff(trajectory, axis=0), axis=1))])
     tree = cKDTree(trajectory[:, :2])
     chunk = [int(arclen[tree.query(o.xyz[:, :2].mean(0))[1]] // 250.0) for o in objects]

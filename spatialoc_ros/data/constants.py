@@ -1,7 +1,8 @@
 """Constants of the KITTI360Pose benchmark (classes, colours, splits, generation).
 
-Values follow the dataset's generation code as described in
-``kitti360pose_format.md`` §3-5; coordinates are in metres in the KITTI-360
+Values follow the dataset's generation code (the Text2Pos release, Kolmet et al.,
+CVPR 2022, arXiv 2203.15125; summarised in README.md, "Data" and "The synthetic
+city"); coordinates are in metres in the KITTI-360
 world frame (+x east, +y north) unless a name says "normalised".
 """
 import numpy as np
@@ -36,12 +37,14 @@ PAD_LABEL = "pad"
 CLASS_TO_INDEX = {name: i for i, name in enumerate(CLASS_NAMES + [PAD_LABEL])}
 
 STUFF_CLASSES = frozenset(
-    ["sidewalk", "road", "parking", "wall", "fence", "guard rail", "bridge", "tunnel", "vegetation", "terrain"]
+    ["sidewalk", "road", "parking", "wall", "fence", "guard rail", "bridge", "tunnel",
+     "vegetation", "terrain"]
 )
 INSTANCE_CLASSES = frozenset(c for c in CLASS_NAMES if c not in STUFF_CLASSES)
 
 # Colour centres (0-255) and their names; "gray" occurs twice, as in the original list.
-COLOR_NAMES = ["dark-green", "gray", "gray-green", "bright-gray", "gray", "black", "green", "beige"]
+COLOR_NAMES = ["dark-green", "gray", "gray-green", "bright-gray", "gray", "black", "green",
+               "beige"]
 COLOR_CENTERS = (
     np.array(
         [
@@ -77,7 +80,7 @@ SPLITS = {"train": TRAIN_SCENES, "val": VAL_SCENES, "test": TEST_SCENES}
 ALL_SCENES = sorted(TRAIN_SCENES + VAL_SCENES + TEST_SCENES)
 MIN_CELLS_PER_SPLIT = 10
 
-# Generation constants (kitti360pose_format.md §5.4).
+# Generation constants (README.md, "The synthetic city").
 CELL_SIZE = 30.0
 CELL_DIST = 10.0
 POSE_DIST = 10.0

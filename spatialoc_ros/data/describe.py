@@ -5,7 +5,7 @@ hinted objects are chosen among the objects whose closest point lies within
 15 m, by one of three strategies, and each hint gets a direction word and a
 colour word. The hints are then grounded in the *best cell* (the grid cell
 whose centre is nearest), where the same objects are looked up again.
-See ``kitti360pose_format.md`` §4.5-4.10.
+The procedure is summarised in README.md, "The synthetic city".
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def _describe(obj: Object3d, pose: np.ndarray) -> PoseCellHint:
 
 
 def _round_robin(items: List[PoseCellHint], key, count: int) -> List[PoseCellHint]:
-    """First member of every group, then the second of every group, ... (groups by first appearance)."""
+    """First member of every group, then the second of every group, ... (groups by first
+    appearance)."""
     groups: Dict[str, List[PoseCellHint]] = {}
     for it in items:
         groups.setdefault(key(it), []).append(it)
@@ -79,7 +80,8 @@ def describe_in_pose_cell(
         return None
     described = [_describe(o, pose) for o in candidates]
     if strategy == "closest":
-        order = np.argsort([np.linalg.norm(o.closest_point(pose) - pose) for o in candidates], kind="stable")
+        order = np.argsort([np.linalg.norm(o.closest_point(pose) - pose) for o in candidates],
+                           kind="stable")
         chosen = [described[i] for i in order[:num]]
     elif strategy == "class":
         chosen = _round_robin(described, lambda h: h.obj.label, num)
@@ -90,8 +92,10 @@ def describe_in_pose_cell(
     return chosen if len(chosen) == num else None
 
 
-def ground_in_best_cell(hints: List[PoseCellHint], best: Cell, pose_in_cell: np.ndarray) -> List[Hint]:
-    """Find each hinted object again in the best cell (same instance id, nearest closest-point offset)."""
+def ground_in_best_cell(hints: List[PoseCellHint], best: Cell,
+                        pose_in_cell: np.ndarray) -> List[Hint]:
+    """Find each hinted object again in the best cell (same instance id, nearest closest-point
+    offset)."""
     matched_ids: set = set()
     out: List[Hint] = []
     for h in hints:
@@ -107,7 +111,8 @@ def ground_in_best_cell(hints: List[PoseCellHint], best: Cell, pose_in_cell: np.
             is_matched=False,
         )
         candidates = [
-            o for o in best.objects if o.instance_id == h.obj.instance_id and o.id not in matched_ids
+            o for o in best.objects
+            if o.instance_id == h.obj.instance_id and o.id not in matched_ids
         ]
         best_match: Optional[Tuple[float, Object3d, np.ndarray]] = None
         for o in candidates:

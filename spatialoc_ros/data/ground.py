@@ -32,7 +32,8 @@ class GroundHeights:
             objs = [o for o in cell.objects if len(o.xyz)]
             if objs:
                 xyz = cell.to_world(np.concatenate([o.xyz for o in objs]))
-                ground = np.concatenate([np.full(len(o.xyz), o.label in GROUND_CLASSES) for o in objs])
+                ground = np.concatenate([np.full(len(o.xyz), o.label in GROUND_CLASSES)
+                                         for o in objs])
             else:
                 xyz, ground = np.zeros((0, 3)), np.zeros(0, bool)
             if len(self._points) >= self.max_cells:
@@ -41,11 +42,13 @@ class GroundHeights:
         return got
 
     def __call__(self, cell: Cell, xy_world) -> float:
-        """The ground z (world metres) near ``xy_world`` in ``cell``; the cell's floor if it has no points."""
+        """The ground z (world metres) near ``xy_world`` in ``cell``; the cell's floor if it has
+        no points."""
         xyz, ground = self._cell_points(cell)
         if len(xyz) == 0:
             return float(cell.bbox_w[2])
-        near = np.linalg.norm(xyz[:, :2] - np.asarray(xy_world, dtype=np.float64)[None, :2], axis=1) <= self.radius_m
+        xy = np.asarray(xy_world, dtype=np.float64)[None, :2]
+        near = np.linalg.norm(xyz[:, :2] - xy, axis=1) <= self.radius_m
         if (near & ground).any():
             return float(np.median(xyz[near & ground, 2]))
         if near.any():

@@ -1,4 +1,4 @@
-"""Read and write a KITTI360Pose dataset folder (``kitti360pose_format.md`` §1-2).
+"""Read and write a KITTI360Pose dataset folder (the format README.md's "Data" section describes).
 
 Layout::
 
@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import numbers
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -31,7 +29,7 @@ from .constants import ALL_SCENES, MIN_CELLS_PER_SPLIT, SPLITS, scene_short_name
 from .schema import Cell, Hint, Object3d, Pose
 
 # Neighbour keys of direction/<scene>.json by the offset (dx, dy) of the bbox
-# minimum corners in metres (§1.1); +x is east, +y north.
+# minimum corners in metres; +x is east, +y north.
 NEIGHBOUR_STEP = 10.0
 NEIGHBOUR_OFFSETS = {
     "east": (1, 0),
@@ -86,7 +84,8 @@ def directions_path(root, scene: str) -> Path:
 
 def _check_scene_name(scene: str) -> None:
     """Scene names become file names: refuse anything that could leave the folder."""
-    if not isinstance(scene, str) or not scene or "/" in scene or "\\" in scene or scene.startswith("."):
+    if (not isinstance(scene, str) or not scene or "/" in scene or "\\" in scene
+            or scene.startswith(".")):
         raise DataError(f"invalid scene name {scene!r}")
 
 
@@ -139,7 +138,8 @@ def _array(obj, name, shape, dtype) -> np.ndarray:
     value = _attr(obj, name)
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
         raise _Invalid(f"{name} must be a numeric array, got {type(value).__name__}")
-    if value.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, value.shape)):
+    if value.ndim != len(shape) or any(s is not None and s != n
+                                       for s, n in zip(shape, value.shape)):
         want = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
         raise _Invalid(f"{name} must have shape {want}, got {list(value.shape)}")
     if not np.isfinite(value).all():
@@ -164,9 +164,11 @@ def _object_from_legacy(obj) -> Object3d:
     xyz = _array(obj, "xyz", (None, 3), np.float64)
     rgb = _array(obj, "rgb", (None, 3), np.float32)
     if len(xyz) == 0 or len(rgb) != len(xyz):
-        raise _Invalid(f"needs >= 1 point and as many colours as points, got {len(xyz)} xyz / {len(rgb)} rgb")
+        raise _Invalid(f"needs >= 1 point and as many colours as points, got {len(xyz)} xyz / "
+                       f"{len(rgb)} rgb")
     return Object3d(
-        id=_int(obj, "id"), instance_id=_int(obj, "instance_id"), label=_str(obj, "label"), xyz=xyz, rgb=rgb
+        id=_int(obj, "id"), instance_id=_int(obj, "instance_id"), label=_str(obj, "label"),
+        xyz=xyz, rgb=rgb
     )
 
 
@@ -191,7 +193,8 @@ def _cell_from_legacy(cell) -> Cell:
         scene = _str(cell, "scene_name")
     except _Invalid as exc:
         raise _Invalid(f"cell {cell_id!r}: {exc}") from None
-    return Cell(id=cell_id, scene=scene, bbox_w=bbox_w, cell_size=float(cell_size), objects=converted)
+    return Cell(id=cell_id, scene=scene, bbox_w=bbox_w, cell_size=float(cell_size),
+                objects=converted)
 
 
 def _hint_from_legacy(d) -> Hint:
@@ -208,10 +211,12 @@ def _hint_from_legacy(d) -> Hint:
         offset_closest=_array(d, "offset_closest", (2,), np.float64),
         closest_point=_array(d, "closest_point", (2,), np.float64),
         is_matched=matched,
-        # The best-cell attributes exist only on matched hints (§2.4).
+        # The best-cell attributes exist only on matched hints.
         object_id=_int(d, "object_id") if matched else None,
-        best_offset_center=_array(d, "best_offset_center", (2,), np.float64) if matched else None,
-        best_offset_closest=_array(d, "best_offset_closest", (2,), np.float64) if matched else None,
+        best_offset_center=(_array(d, "best_offset_center", (2,), np.float64) if matched
+                            else None),
+        best_offset_closest=(_array(d, "best_offset_closest", (2,), np.float64) if matched
+                             else None),
     )
 
 
@@ -298,7 +303,8 @@ def resolve_scene(scene: str, available: Sequence[str] = ()) -> str:
         except ValueError:
             continue
     raise DataError(f"unknown scene {scene!r}; expected one of: "
-                    f"{', '.join(scene_short_name(s) for s in ALL_SCENES)} (or the full drive name)")
+                    f"{', '.join(scene_short_name(s) for s in ALL_SCENES)} "
+                    "(or the full drive name)")
 
 
 def load_scene(root, scene: str) -> SceneData:
@@ -326,7 +332,8 @@ def load_split(root, split_or_scenes: Union[str, Iterable[str]]) -> SplitData:
     """
     if isinstance(split_or_scenes, str):
         if split_or_scenes not in SPLITS:
-            raise DataError(f"unknown split {split_or_scenes!r} (expected one of {', '.join(SPLITS)})")
+            raise DataError(f"unknown split {split_or_scenes!r} "
+                            f"(expected one of {', '.join(SPLITS)})")
         name, scenes = split_or_scenes, list(SPLITS[split_or_scenes])
     else:
         scenes = list(split_or_scenes)
@@ -350,11 +357,13 @@ def load_split(root, split_or_scenes: Union[str, Iterable[str]]) -> SplitData:
         for i, pose in enumerate(data.poses):
             if pose.cell_id not in cells_by_id:
                 raise DataError(
-                    f"{poses_path(root, data.scene)}: Pose {i}: best cell {pose.cell_id!r} is not in split {name}"
+                    f"{poses_path(root, data.scene)}: Pose {i}: best cell {pose.cell_id!r} is not "
+                    f"in split {name}"
                 )
     if len(cells_by_id) < MIN_CELLS_PER_SPLIT:
         raise DataError(
-            f"{Path(root)}: split {name} has {len(cells_by_id)} cells; at least {MIN_CELLS_PER_SPLIT} are needed"
+            f"{Path(root)}: split {name} has {len(cells_by_id)} cells; at least "
+            f"{MIN_CELLS_PER_SPLIT} are needed"
         )
     directions = None
     if all(d.directions is not None for d in loaded):
@@ -373,8 +382,8 @@ def load_split(root, split_or_scenes: Union[str, Iterable[str]]) -> SplitData:
 
 
 def neighbour_map(cells: Iterable[Cell]) -> DirectionMap:
-    """The direction map of §1.1: for every cell, the cell whose bbox minimum lies
-    exactly ±10 m away in x and/or y, per direction word, or ``None``."""
+    """The direction map (``direction/<scene>.json``): for every cell, the cell whose bbox
+    minimum lies exactly ±10 m away in x and/or y, per direction word, or ``None``."""
     cells = list(cells)
 
     # Grid corners are whole metres in practice; rounding to 1 µm only absorbs float noise.
@@ -395,7 +404,9 @@ def neighbour_map(cells: Iterable[Cell]) -> DirectionMap:
 def _instance_scalar(value) -> np.integer:
     """Instance ids are numpy integers in the original files (int32, from the PLY files)."""
     value = int(value)
-    return np.int32(value) if np.iinfo(np.int32).min <= value <= np.iinfo(np.int32).max else np.int64(value)
+    if np.iinfo(np.int32).min <= value <= np.iinfo(np.int32).max:
+        return np.int32(value)
+    return np.int64(value)
 
 
 def _vector(value, shape, dtype, what: str) -> np.ndarray:
@@ -415,7 +426,8 @@ def _object_to_legacy(obj: Object3d) -> legacy.Object3d:
         raise _Invalid(f"object {obj.id}: needs >= 1 point and as many colours as points")
     # Attribute order as set by the original constructor.
     return legacy.Object3d(
-        id=int(obj.id), instance_id=_instance_scalar(obj.instance_id), xyz=xyz, rgb=rgb, label=str(obj.label)
+        id=int(obj.id), instance_id=_instance_scalar(obj.instance_id), xyz=xyz, rgb=rgb,
+        label=str(obj.label)
     )
 
 
@@ -443,12 +455,15 @@ def _hint_to_legacy(h: Hint) -> legacy.DescriptionBestCell:
     )
     if h.is_matched:
         if h.object_id is None or h.best_offset_center is None or h.best_offset_closest is None:
-            raise _Invalid("a matched hint needs object_id, best_offset_center and best_offset_closest")
+            raise _Invalid("a matched hint needs object_id, best_offset_center and "
+                           "best_offset_closest")
         attrs["object_id"] = int(h.object_id)
     attrs["closest_point"] = _vector(h.closest_point, (2,), np.float64, "closest_point")
     if h.is_matched:
-        attrs["best_offset_center"] = _vector(h.best_offset_center, (2,), np.float64, "best_offset_center")
-        attrs["best_offset_closest"] = _vector(h.best_offset_closest, (2,), np.float64, "best_offset_closest")
+        attrs["best_offset_center"] = _vector(h.best_offset_center, (2,), np.float64,
+                                              "best_offset_center")
+        attrs["best_offset_closest"] = _vector(h.best_offset_closest, (2,), np.float64,
+                                               "best_offset_closest")
     attrs["is_matched"] = bool(h.is_matched)
     return legacy.DescriptionBestCell(**attrs)
 
@@ -480,12 +495,14 @@ def write_scene(root, scene: str, cells: List[Cell], poses: List[Pose], directio
     """
     _check_scene_name(scene)
     root = Path(root)
-    cpath, ppath, dpath = cells_path(root, scene), poses_path(root, scene), directions_path(root, scene)
+    cpath, ppath = cells_path(root, scene), poses_path(root, scene)
+    dpath = directions_path(root, scene)
     cells_bytes = legacy.dumps_legacy(_convert_all(cells, _cell_to_legacy, cpath, "Cell"))
     poses_bytes = legacy.dumps_legacy(_convert_all(poses, _pose_to_legacy, ppath, "Pose"))
     if directions is True:
         directions = neighbour_map(cells)
-    json_bytes = None if directions is False or directions is None else json.dumps(directions, indent=4).encode()
+    json_bytes = (None if directions is False or directions is None
+                  else json.dumps(directions, indent=4).encode())
     write_bytes(cpath, cells_bytes)
     write_bytes(ppath, poses_bytes)
     if json_bytes is not None:

@@ -1,8 +1,8 @@
 """Reading and writing the pickled classes of the original KITTI360Pose code, safely.
 
 The dataset's ``cells/*.pkl`` and ``poses/*.pkl`` files are pickles of the
-classes in the original ``datapreparation/kitti360pose/imports.py``
-(``kitti360pose_format.md`` §2). Pickle runs whatever callable a file names,
+classes in the original ``datapreparation/kitti360pose/imports.py`` of the
+Text2Pos code. Pickle runs whatever callable a file names,
 so such files are untrusted input:
 
 * :class:`RestrictedUnpickler` resolves only the globals in :data:`ALLOWED_GLOBALS`
@@ -50,7 +50,8 @@ class LegacyRecord:
     def __setstate__(self, state):
         if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
             raise pickle.UnpicklingError(
-                f"{type(self).__name__}: state must be a dict of attributes, got {type(state).__name__}"
+                f"{type(self).__name__}: state must be a dict of attributes, got "
+                f"{type(state).__name__}"
             )
         self.__dict__.update(state)
 
@@ -67,7 +68,8 @@ class Object3d(LegacyRecord):
 
 
 class Pose(LegacyRecord):
-    """Stand-in for ``imports.Pose``: pose, pose_w, cell_id, descriptions, scene_name, described_by."""
+    """Stand-in for ``imports.Pose``: pose, pose_w, cell_id, descriptions, scene_name,
+    described_by."""
 
 
 class DescriptionBestCell(LegacyRecord):
@@ -75,7 +77,8 @@ class DescriptionBestCell(LegacyRecord):
 
 
 class DescriptionPoseCell(LegacyRecord):
-    """Stand-in for ``imports.DescriptionPoseCell`` (an intermediate that the release never contains)."""
+    """Stand-in for ``imports.DescriptionPoseCell`` (an intermediate that the release never
+    contains)."""
 
 
 RECORD_CLASSES = (Cell, Object3d, Pose, DescriptionBestCell, DescriptionPoseCell)
@@ -94,19 +97,22 @@ _NP_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numeric._frombuffer (protoco
 def _reconstructor(cls, base, state):
     """``copyreg._reconstructor`` limited to creating an empty stand-in (protocols 0 and 1)."""
     if cls not in RECORD_CLASSES or base is not object or state is not None:
-        raise pickle.UnpicklingError("copyreg._reconstructor: only empty dataset records may be created")
+        raise pickle.UnpicklingError("copyreg._reconstructor: only empty dataset records may be "
+                                     "created")
     return object.__new__(cls)
 
 
 def _latin1_bytes(text, encoding):
-    """``_codecs.encode`` limited to how protocols 0-2 store ``bytes``: ``encode(str, 'latin1')``."""
+    """``_codecs.encode`` limited to how protocols 0-2 store ``bytes``: ``encode(str,
+    'latin1')``."""
     if not isinstance(text, str) or encoding != "latin1":
         raise pickle.UnpicklingError("_codecs.encode: only encode(str, 'latin1') is allowed")
     return text.encode("latin1")
 
 
 def _empty_bytes(*args):
-    """``bytes()`` as protocols 0-2 use it for ``b''``; refuses arguments (no ``bytes(10**12)``)."""
+    """``bytes()`` as protocols 0-2 use it for ``b''``; refuses arguments (no
+    ``bytes(10**12)``)."""
     if args:
         raise pickle.UnpicklingError("bytes: only bytes() is allowed")
     return b""
@@ -228,7 +234,8 @@ class LegacyPickler(pickle._Pickler):
     def save_global(self, obj, name=None):
         target = _WRITE_NAMES.get(id(obj))
         if target is None:
-            raise pickle.PicklingError(f"refusing to write global {obj!r}: not part of the dataset format")
+            raise pickle.PicklingError(f"refusing to write global {obj!r}: not part of the "
+                                       "dataset format")
         module, qualname = target
         # What pickle._Pickler.save_global emits for protocol >= 4.
         self.save(module)

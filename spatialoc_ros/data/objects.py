@@ -41,17 +41,22 @@ def tree(rng, builder, xy):
 def bush(rng, builder, xy):
     z = float(builder.ground(xy)[0])
     r = rng.uniform(1.4, 2.2)
-    builder.add("vegetation", ellipsoid(rng, np.array([xy[0], xy[1], z + 0.6 * r]), np.array([r, r, 0.6 * r]), 12.0))
+    builder.add("vegetation", ellipsoid(rng, np.array([xy[0], xy[1], z + 0.6 * r]),
+                                        np.array([r, r, 0.6 * r]), 12.0))
 
 
 def street_furniture(rng, builder, streets, traj_tree):
     """Poles, lamps, signs, bins, boxes and avenue trees along the kerbs."""
     # mean spacing (m) of each kind of furniture along one side of a street
     spec = {
-        "urban": dict(lamp=15, pole=35, sign=28, bin=30, box=55, vend=500, small=45, tree=(0.3, 16)),
-        "suburban": dict(lamp=20, pole=28, sign=45, bin=70, box=85, vend=1200, small=90, tree=(0.35, 18)),
-        "industrial": dict(lamp=25, pole=22, sign=38, bin=120, box=45, vend=400, small=40, tree=(0.15, 20)),
-        "rural": dict(lamp=55, pole=25, sign=50, bin=250, box=150, vend=3000, small=80, tree=(0.4, 16)),
+        "urban": dict(lamp=15, pole=35, sign=28, bin=30, box=55, vend=500, small=45,
+                      tree=(0.3, 16)),
+        "suburban": dict(lamp=20, pole=28, sign=45, bin=70, box=85, vend=1200, small=90,
+                         tree=(0.35, 18)),
+        "industrial": dict(lamp=25, pole=22, sign=38, bin=120, box=45, vend=400, small=40,
+                           tree=(0.15, 20)),
+        "rural": dict(lamp=55, pole=25, sign=50, bin=250, box=150, vend=3000, small=80,
+                      tree=(0.4, 16)),
     }
     for s in streets:
         sp = spec[s.kind]
@@ -70,13 +75,15 @@ def street_furniture(rng, builder, streets, traj_tree):
                 pole(rng, builder, "pole", s.at(t, side * kerb), rng.uniform(4, 8), 0.12)
             for t in spots(sp["small"]):
                 for j in range(rng.integers(1, 4)):
-                    pole(rng, builder, "smallpole", s.at(t + 1.5 * j, side * kerb), rng.uniform(0.9, 2.2), 0.06)
+                    pole(rng, builder, "smallpole", s.at(t + 1.5 * j, side * kerb),
+                         rng.uniform(0.9, 2.2), 0.06)
             for t in spots(sp["sign"]):
                 sign(rng, builder, "traffic sign", s.at(t, side * kerb))
             for t in spots(sp["bin"]):
                 small_box(rng, builder, "trash bin", s.at(t, side * outer), (0.6, 0.6, 1.0))
             for t in spots(sp["box"]):
-                small_box(rng, builder, "box", s.at(t, side * outer), tuple(rng.uniform(0.6, 1.8, 3)))
+                small_box(rng, builder, "box", s.at(t, side * outer),
+                          tuple(rng.uniform(0.6, 1.8, 3)))
             for t in spots(sp["vend"]):
                 small_box(rng, builder, "vending machine", s.at(t, side * outer), (1.0, 0.8, 1.8))
             p, every = sp["tree"]
@@ -150,12 +157,14 @@ def bridge_and_tunnel(rng, builder, streets):
         s = driven[rng.integers(len(driven))]
         t0 = rng.uniform(10, s.length - 45)
         t1 = t0 + rng.uniform(25, 40)
-        g, parity = lattice(rng, (t0, -s.half_width - 0.5), (t1, s.half_width + 0.5), GROUND_SPACING, True)
+        g, parity = lattice(rng, (t0, -s.half_width - 0.5), (t1, s.half_width + 0.5),
+                            GROUND_SPACING, True)
         g = g[parity == 0]
         xy = s.a + np.outer(g[:, 0], s.u) + np.outer(g[:, 1], s.n)
         builder.add("bridge", np.concatenate([xy, (builder.ground(xy) + 0.05)[:, None]], 1))
         for side in (1, -1):
-            rail = strip(rng, builder.ground, s.at(t0, side * (s.half_width + 0.6)), s.at(t1, side * (s.half_width + 0.6)), 0.8, 0.2)
+            rail = strip(rng, builder.ground, s.at(t0, side * (s.half_width + 0.6)),
+                         s.at(t1, side * (s.half_width + 0.6)), 0.8, 0.2)
             builder.add("guard rail", rail)
     if rng.random() < 0.35:
         s = driven[rng.integers(len(driven))]
@@ -174,4 +183,6 @@ def bridge_and_tunnel(rng, builder, streets):
             side = rng.choice([1, -1])
             t0 = rng.uniform(0, s.length / 2)
             t1 = min(s.length, t0 + rng.uniform(20, 60))
-            builder.add("guard rail", strip(rng, builder.ground, s.at(t0, side * (s.half_width + 0.5)), s.at(t1, side * (s.half_width + 0.5)), 0.7, 0.2))
+            builder.add("guard rail", strip(rng, builder.ground,
+                                            s.at(t0, side * (s.half_width + 0.5)),
+                                            s.at(t1, side * (s.half_width + 0.5)), 0.7, 0.2))

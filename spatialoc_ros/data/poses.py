@@ -1,4 +1,4 @@
-"""Query positions along the drive and their descriptions (``kitti360pose_format.md`` §4.5)."""
+"""Query positions along the drive and their descriptions (README.md, "The synthetic city")."""
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence
@@ -47,7 +47,8 @@ def _describe_copy(index, cells, tree, loc, half) -> List[Pose]:
     if dist > half:
         return []
     best = cells[int(nearest)]
-    pose_cell = build_cell(index, np.concatenate([loc - half, loc + half]), "pose_-0001", best.scene)
+    pose_cell = build_cell(index, np.concatenate([loc - half, loc + half]), "pose_-0001",
+                           best.scene)
     if pose_cell is None:
         return []
     pose_in_pose_cell = pose_cell.to_cell(loc)

@@ -1,6 +1,6 @@
 """The benchmark's records as plain dataclasses.
 
-Units follow KITTI360Pose (``kitti360pose_format.md`` §2): object points are
+Units follow KITTI360Pose (README.md, "Data"): object points are
 *cell-normalised*, ``(p_world - cell.bbox_w[:3]) / cell.cell_size``, in all
 three axes; a pose carries both its world position (m) and its position
 normalised in its best cell; hint offsets are cell-normalised xy differences.

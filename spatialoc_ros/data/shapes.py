@@ -31,11 +31,14 @@ def box(rng, center_xy, z0, length, width, height, yaw, density, roof=True):
             continue
         r = rng.random((k, 2))
         if f < 2:
-            p = np.stack([(r[:, 0] - 0.5) * length, np.full(k, hw if f == 0 else -hw), r[:, 1] * height], 1)
+            p = np.stack([(r[:, 0] - 0.5) * length, np.full(k, hw if f == 0 else -hw),
+                          r[:, 1] * height], 1)
         elif f < 4:
-            p = np.stack([np.full(k, hl if f == 2 else -hl), (r[:, 0] - 0.5) * width, r[:, 1] * height], 1)
+            p = np.stack([np.full(k, hl if f == 2 else -hl), (r[:, 0] - 0.5) * width,
+                          r[:, 1] * height], 1)
         else:
-            p = np.stack([(r[:, 0] - 0.5) * length, (r[:, 1] - 0.5) * width, np.full(k, height)], 1)
+            p = np.stack([(r[:, 0] - 0.5) * length, (r[:, 1] - 0.5) * width,
+                          np.full(k, height)], 1)
         pts.append(p)
     p = np.concatenate(pts) if pts else np.zeros((0, 3))
     c, s = np.cos(yaw), np.sin(yaw)

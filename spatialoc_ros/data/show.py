@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..atomic import save_figure
-from .constants import ALL_SCENES, CLASS_NAMES, scene_short_name
+from .constants import CLASS_NAMES
 from .schema import Cell, Pose
 
 POINTS_PER_OBJECT = 48  # points kept per object and cell
@@ -52,7 +52,8 @@ def world_points(cells: Sequence[Cell], rng: np.random.Generator,
     return xy, labels
 
 
-def hint_segments(poses: Sequence[Pose], cells_by_id: Dict[str, Cell], count: int = HINT_LINE_POSES):
+def hint_segments(poses: Sequence[Pose], cells_by_id: Dict[str, Cell],
+                  count: int = HINT_LINE_POSES):
     """Line segments (world xy) from a few evenly spread poses to their matched hinted objects."""
     if not poses or count <= 0:
         return []
@@ -74,7 +75,8 @@ def hint_segments(poses: Sequence[Pose], cells_by_id: Dict[str, Cell], count: in
 
 def render_scene(cells: Sequence[Cell], poses: Sequence[Pose], out, title: str,
                  seed: int = 0, hint_poses: int = HINT_LINE_POSES) -> Path:
-    """Draw cells, objects, poses and hint lines top-down into a PNG at ``out``; return its path."""
+    """Draw cells, objects, poses and hint lines top-down into a PNG at ``out``; return its
+    path."""
     # A bare Figure on the Agg canvas: no pyplot, so no global backend or figure state is touched.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import LineCollection
@@ -96,7 +98,8 @@ def render_scene(cells: Sequence[Cell], poses: Sequence[Pose], out, title: str,
     ax.set_title(title)
     handles = _legend_handles(Line2D, classes, bool(poses), has_lines)
     if handles:
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+                  frameon=False)
     save_figure(fig, out, bbox_inches="tight")
     return out
 
@@ -128,9 +131,11 @@ def _class_color(name: str) -> str:
 
 def _legend_handles(line2d, classes: Sequence[str], has_poses: bool, has_lines: bool) -> list:
     """Legend entries with readable marker sizes (the scatter points themselves are tiny)."""
-    handles = [line2d([], [], ls="", marker="o", ms=5, color=_class_color(c), label=c) for c in classes]
+    handles = [line2d([], [], ls="", marker="o", ms=5, color=_class_color(c), label=c)
+               for c in classes]
     if has_poses:
-        handles.append(line2d([], [], ls="", marker="^", ms=6, mfc="red", mec="black", mew=0.5, label="pose"))
+        handles.append(line2d([], [], ls="", marker="^", ms=6, mfc="red", mec="black", mew=0.5,
+                              label="pose"))
     if has_lines:
         handles.append(line2d([], [], color="black", lw=0.9, label="matched hint"))
     return handles
@@ -145,7 +150,8 @@ def _draw_poses(ax, poses: Sequence[Pose], cells_by_id: Dict[str, Cell], hint_po
     if segments:
         ax.add_collection(line_collection(segments, colors="black", linewidths=1.0, zorder=5))
     xy = np.array([np.asarray(p.pose_w, dtype=np.float64)[:2] for p in poses])
-    ax.scatter(xy[:, 0], xy[:, 1], s=9, marker="^", c="red", edgecolors="black", linewidths=0.3, zorder=4)
+    ax.scatter(xy[:, 0], xy[:, 1], s=9, marker="^", c="red", edgecolors="black", linewidths=0.3,
+               zorder=4)
     return bool(segments)
 
 

@@ -59,7 +59,8 @@ def split_order(splits: Iterable[str]) -> List[str]:
 
 
 def ordered_counts(counter: Mapping[str, int], vocabulary: Sequence[str]) -> Dict[str, int]:
-    """A counter as a plain dict: names of ``vocabulary`` first, in its order, then the rest sorted.
+    """A counter as a plain dict: names of ``vocabulary`` first, in its order, then the rest
+    sorted.
 
     Only names with a non-zero count are kept, so the dict says which names occur.
     """
@@ -97,7 +98,8 @@ def _fraction(numerator: float, denominator: float) -> float:
 
 
 def class_counts(cells: Iterable[Cell]) -> Counter:
-    """Number of objects per class over all cells (an object in k overlapping cells counts k times)."""
+    """Number of objects per class over all cells (an object in k overlapping cells counts k
+    times)."""
     return Counter(obj.label for cell in cells for obj in cell.objects)
 
 
@@ -132,7 +134,8 @@ def hint_stats(poses: Sequence[Pose]) -> dict:
             Counter(h.object_label for h in hints if h.is_matched), CLASS_NAMES
         ),
         "colors": ordered_counts(Counter(h.object_color_text for h in hints), COLOR_WORDS),
-        "described_by": ordered_counts(Counter(p.described_by for p in poses), DESCRIBE_STRATEGIES),
+        "described_by": ordered_counts(Counter(p.described_by for p in poses),
+                                       DESCRIBE_STRATEGIES),
     }
 
 
@@ -219,18 +222,21 @@ def ambiguity(cells: Sequence[Cell], poses: Sequence[Pose], sample: int = DEFAUL
         "sampled_queries": len(chosen),
         "gallery_cells": n_cells,
         "candidate_cells": summary(pair_hits),
-        "candidate_fraction_mean": _fraction(float(np.mean(pair_hits)) if pair_hits else 0.0, n_cells),
+        "candidate_fraction_mean": _fraction(float(np.mean(pair_hits)) if pair_hits else 0.0,
+                                             n_cells),
         "unique_fraction": _fraction(sum(h == 1 for h in pair_hits), len(chosen)),
         "best_cell_contains_fraction": _fraction(best_hits, len(chosen)),
         "class_only_cells": summary(class_hits),
-        "class_only_fraction_mean": _fraction(float(np.mean(class_hits)) if class_hits else 0.0, n_cells),
+        "class_only_fraction_mean": _fraction(float(np.mean(class_hits)) if class_hits else 0.0,
+                                              n_cells),
     }
 
 
 # --------------------------------------------------------------------------- assembly
 
 
-def compute_stats(records: Sequence[SceneRecords], sample: int = DEFAULT_SAMPLE, seed: int = 0) -> dict:
+def compute_stats(records: Sequence[SceneRecords], sample: int = DEFAULT_SAMPLE,
+                  seed: int = 0) -> dict:
     """All statistics of a set of scenes, as one JSON-ready dict.
 
     Sections ``totals``, ``objects_per_cell``, ``hints`` and ``ambiguity`` are
@@ -252,7 +258,8 @@ def compute_stats(records: Sequence[SceneRecords], sample: int = DEFAULT_SAMPLE,
     keys = splits + [ALL]
     stats = {
         "scenes": {r.scene: {"split": r.split, **count_block(r.cells, r.poses)} for r in records},
-        "totals": {k: {"scenes": len(groups[k]), **count_block(cells_of(k), poses_of(k))} for k in keys},
+        "totals": {k: {"scenes": len(groups[k]), **count_block(cells_of(k), poses_of(k))}
+                   for k in keys},
         "objects_per_cell": {k: objects_per_cell(cells_of(k)) for k in keys},
         "hints": {k: hint_stats(poses_of(k)) for k in keys},
         "ambiguity": {s: ambiguity(cells_of(s), poses_of(s), sample, seed) for s in splits},
@@ -261,17 +268,21 @@ def compute_stats(records: Sequence[SceneRecords], sample: int = DEFAULT_SAMPLE,
 
 
 def require_dataset_dir(root) -> None:
-    """Raise DataError unless ``root`` is an existing folder (checked before any file is opened)."""
+    """Raise DataError unless ``root`` is an existing folder (checked before any file is
+    opened)."""
     from ..errors import DataError
 
     if not os.path.exists(root):
         raise DataError(f"{root}: no such dataset folder")
     if not os.path.isdir(root):
-        raise DataError(f"{root}: not a folder (expected a KITTI360Pose folder with cells/ and poses/)")
+        raise DataError(f"{root}: not a folder (expected a KITTI360Pose folder with cells/ and "
+                        "poses/)")
 
 
-def collect_stats(root, split: Optional[str] = None, sample: int = DEFAULT_SAMPLE, seed: int = 0) -> dict:
-    """Load the scenes of a KITTI360Pose folder (all present ones, or one split's) and compute stats.
+def collect_stats(root, split: Optional[str] = None, sample: int = DEFAULT_SAMPLE,
+                  seed: int = 0) -> dict:
+    """Load the scenes of a KITTI360Pose folder (all present ones, or one split's) and compute
+    stats.
 
     With ``split`` every scene of that split must be present, as a split loader
     requires; without it, whatever scenes the folder holds are counted.
@@ -288,7 +299,8 @@ def collect_stats(root, split: Optional[str] = None, sample: int = DEFAULT_SAMPL
     else:
         scenes = list(kitti360pose.available_scenes(root))
         if not scenes:
-            raise DataError(f"{root}: no KITTI360Pose scenes found (expected cells/<scene>.pkl and poses/<scene>.pkl)")
+            raise DataError(f"{root}: no KITTI360Pose scenes found (expected cells/<scene>.pkl "
+                            "and poses/<scene>.pkl)")
     records = []
     for scene in scenes:
         data = kitti360pose.load_scene(root, scene)
@@ -301,7 +313,8 @@ def collect_stats(root, split: Optional[str] = None, sample: int = DEFAULT_SAMPL
 # --------------------------------------------------------------------------- human output
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence], title: Optional[str] = None) -> str:
+def format_table(headers: Sequence[str], rows: Sequence[Sequence],
+                 title: Optional[str] = None) -> str:
     """A plain-text table: first column left-aligned, the others right-aligned."""
     cells = [[_cell_text(v) for v in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h))
@@ -334,8 +347,8 @@ def _size_table(stats: dict) -> str:
         rows.append([scene, s["split"], s["cells"], s["poses"], s["objects"], len(s["classes"])])
     for key, t in stats["totals"].items():
         n = t["scenes"]
-        rows.append([f"total {key} ({n} scene{'s' if n != 1 else ''})", key if key != ALL else "", t["cells"],
-                     t["poses"], t["objects"], len(t["classes"])])
+        rows.append([f"total {key} ({n} scene{'s' if n != 1 else ''})", key if key != ALL else "",
+                     t["cells"], t["poses"], t["objects"], len(t["classes"])])
     return format_table(["scene", "split", "cells", "poses", "objects", "classes"], rows, "Sizes")
 
 
@@ -384,8 +397,8 @@ def _ambiguity_table(stats: dict) -> str:
     rows = []
     for key, a in stats["ambiguity"].items():
         c = a["candidate_cells"]
-        rows.append([key, a["sampled_queries"], a["gallery_cells"], c["median"], c["mean"], c["max"],
-                     _pct(a["candidate_fraction_mean"]), _pct(a["unique_fraction"]),
+        rows.append([key, a["sampled_queries"], a["gallery_cells"], c["median"], c["mean"],
+                     c["max"], _pct(a["candidate_fraction_mean"]), _pct(a["unique_fraction"]),
                      _pct(a["best_cell_contains_fraction"]), a["class_only_cells"]["median"]])
     headers = ["split", "queries", "gallery", "cand median", "cand mean", "cand max",
                "cand share", "unique", "best ok", "class-only median"]

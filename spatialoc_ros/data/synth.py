@@ -52,13 +52,15 @@ PRESETS = {
     "tiny": Preset({k: 100.0 if k == "0010" else 50.0 for k in DISTRICTS},
                    "all 9 scenes, a few cells each (seconds; for tests)"),
     "small": Preset(_lengths(260.0), "a few hundred cells (a few minutes; the demo map)"),
-    "benchmark": Preset(_lengths(4000.0), "close to KITTI360Pose in size (about 20 minutes on 2 cores)"),
+    "benchmark": Preset(_lengths(4000.0),
+                        "close to KITTI360Pose in size (about 20 minutes on 2 cores)"),
 }
 
 
 def build_scene(scene: str, preset: str, seed: int, progress_queue=None):
     """Generate one scene: (cells, poses, timing dict)."""
-    from .cells import SceneIndex, close_locations, grid_cell_centers, make_cells, subsample_locations
+    from .cells import (SceneIndex, close_locations, grid_cell_centers, make_cells,
+                        subsample_locations)
     from .city import generate_city
     from .poses import make_poses
 
@@ -97,7 +99,8 @@ def _run_one(args):
     return scene, len(cells), len(poses), timing
 
 
-def synthesize(preset: str, seed: int, out, workers: Optional[int] = None, progress: bool = True) -> dict:
+def synthesize(preset: str, seed: int, out, workers: Optional[int] = None,
+               progress: bool = True) -> dict:
     """Write the preset's dataset to ``out`` (a KITTI360Pose folder) and return a summary."""
     from tqdm import tqdm
 
@@ -109,8 +112,8 @@ def synthesize(preset: str, seed: int, out, workers: Optional[int] = None, progr
     workers = workers or min(len(scenes), os.cpu_count() or 1)
     start = time.perf_counter()
     summary = {"preset": preset, "seed": seed, "out": str(out), "scenes": {}}
-    bar = tqdm(total=sum(_work_units(s, preset) for s in scenes), desc=f"synth {preset}", unit="cell",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=sum(_work_units(s, preset) for s in scenes), desc=f"synth {preset}",
+               unit="cell", disable=not progress, dynamic_ncols=True)
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         queue = manager.Queue()

@@ -1,1 +1,2 @@
-"""Evaluation: the papers' protocol, calibration, reports, pictures and speed (on top of the core)."""
+"""Evaluation: the papers' protocol, calibration, reports, pictures and speed (on top of the
+core)."""

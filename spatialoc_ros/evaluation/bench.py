@@ -34,8 +34,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None, queries: int = 100,
-              top_k: int = 10, device="cpu", rebuild: bool = False, seed: int = 0, progress: bool = True) -> dict:
+def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
+              queries: int = 100, top_k: int = 10, device="cpu", rebuild: bool = False,
+              seed: int = 0, progress: bool = True) -> dict:
     """Timing of one map (see the module docstring)."""
     import torch
     from tqdm import tqdm
@@ -62,7 +63,8 @@ def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
     picked = [poses[i] for i in rng.choice(len(poses), min(queries, len(poses)), replace=False)]
     texts = [p.text for p in picked]
     loc.localize(texts[0])  # first call pays one-time allocations
-    timings: Dict[str, Dict[str, List[float]]] = {"cold": {s: [] for s in STAGES}, "warm": {s: [] for s in STAGES}}
+    timings: Dict[str, Dict[str, List[float]]] = {"cold": {s: [] for s in STAGES},
+                                                  "warm": {s: [] for s in STAGES}}
     for mode in ("cold", "warm"):
         for text in tqdm(texts, desc=f"{mode} queries", disable=not progress):
             if mode == "cold":
@@ -82,14 +84,17 @@ def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
 
 
 def format_bench(report: dict) -> str:
-    lines = [f"{report['map']}: {report['gallery_cells']} cells, top-k {report['top_k']}, {report['device']}, "
-             f"{report['threads']} threads; gallery loaded in {report['gallery_load_s']:.1f} s"]
+    lines = [f"{report['map']}: {report['gallery_cells']} cells, top-k {report['top_k']}, "
+             f"{report['device']}, {report['threads']} threads; gallery loaded in "
+             f"{report['gallery_load_s']:.1f} s"]
     if "gallery_build_s" in report:
         lines.append(f"gallery built from scratch in {report['gallery_build_s']:.1f} s "
                      f"({report['gallery_cells_per_s']:.1f} cells/s)")
-    lines.append(f"{'ms per query':<22}{'median':>8}{'p95':>8}   {'cached text: median':>20}{'p95':>8}")
-    for name, key in (("text encoding", "text"), ("coarse scoring", "coarse"), ("fine (top-k)", "fine"),
-                      ("end to end", "end_to_end")):
+    lines.append(f"{'ms per query':<22}{'median':>8}{'p95':>8}   "
+                 f"{'cached text: median':>20}{'p95':>8}")
+    for name, key in (("text encoding", "text"), ("coarse scoring", "coarse"),
+                      ("fine (top-k)", "fine"), ("end to end", "end_to_end")):
         cold, warm = report[f"{key}_ms"], report[f"{key}_cached_ms"]
-        lines.append(f"{name:<22}{cold['median']:8.1f}{cold['p95']:8.1f}   {warm['median']:20.1f}{warm['p95']:8.1f}")
+        lines.append(f"{name:<22}{cold['median']:8.1f}{cold['p95']:8.1f}   "
+                     f"{warm['median']:20.1f}{warm['p95']:8.1f}")
     return "\n".join(lines)

@@ -1,8 +1,10 @@
 """``spatialoc eval``: the papers' protocol on a split or on a file of queries.
 
 Gallery = every cell of the split's scenes. Retrieval recall@k (k = 1, 3, 5):
-the query's ground-truth (best) cell is among the first k retrieved
-(kitti360pose_format.md §7.1; ARCHITECTURE §5).
+the query's ground-truth (best) cell is among the first k retrieved: the
+protocol of Text2Pos (Kolmet et al., CVPR 2022, arXiv 2203.15125) that
+SpatiaLoc (arXiv 2601.03579) reports in Table 2; README.md, "Training and
+evaluation", describes it.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ class Query:
 
 
 def read_queries(path) -> List[Query]:
-    """Queries of a JSONL file: ``{"text", "scene", "pose_w": [x, y, z]}`` (+ optional ``"cell_id"``)."""
+    """Queries of a JSONL file: ``{"text", "scene", "pose_w": [x, y, z]}`` (+ optional
+    ``"cell_id"``)."""
     from ..data.constants import scene_short_name
     from ..networks.text_encoder import split_sentences
 
@@ -56,7 +59,8 @@ def read_queries(path) -> List[Query]:
 
 
 def best_cell_ids(queries: List[Query], cells) -> List[str]:
-    """Ground-truth cells: the given id, else the cell of the query's scene with the nearest centre."""
+    """Ground-truth cells: the given id, else the cell of the query's scene with the nearest
+    centre."""
     centers = np.stack([c.center_w for c in cells])
     scenes = np.array([c.scene for c in cells])
     ids = []
@@ -99,7 +103,8 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
     if queries_file:
         queries = read_queries(queries_file)
     else:
-        queries = [Query([h.text for h in p.hints], p.scene, p.pose_w, p.cell_id) for p in data_split.poses]
+        queries = [Query([h.text for h in p.hints], p.scene, p.pose_w, p.cell_id)
+                   for p in data_split.poses]
     gt = best_cell_ids(queries, data_split.cells)
     gallery_ids = {c.id for c in data_split.cells}
     unknown = [g for g in gt if g not in gallery_ids]  # checked before any encoding is paid for
@@ -109,16 +114,19 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
         raise SpatialocError("--fit-calibration fits on validation data: use --split val")
     report = {"split": split, "num_queries": len(queries), "weights": str(weights)}
     if (Path(weights) / "fine.safetensors").exists():
-        report.update(_pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit_calibration,
-                                show, show_dir, distractors))
+        report.update(_pipeline(data, data_split, weights, queries, gt, cache, device, progress,
+                                fit_calibration, show, show_dir, distractors))
         if distractors:
             report["distractors"] = distractors
     elif distractors:
-        raise SpatialocError("--distractors needs fine weights (it is for the localization figures)")
+        raise SpatialocError("--distractors needs fine weights (it is for the localization "
+                             "figures)")
     elif fit_calibration or show:
-        raise SpatialocError(f"{weights}: no fine.safetensors, so there is no position to calibrate or draw")
+        raise SpatialocError(f"{weights}: no fine.safetensors, so there is no position to "
+                             "calibrate or draw")
     else:
-        report.update(_retrieval(data, split, data_split, weights, queries, gt, cache, device, progress))
+        report.update(_retrieval(data, split, data_split, weights, queries, gt, cache, device,
+                                 progress))
     return report
 
 
@@ -130,9 +138,10 @@ def _retrieval(data, split, data_split, weights, queries, gt, cache, device, pro
     from ..core.coarse_stage import load_coarse_stage
 
     dev = pick_device(device)
-    stage = load_coarse_stage(weights, data, split, data_split.cells, [q.hints for q in queries], cache=cache,
-                              device=dev, progress=progress)
-    encoded = encode_queries(stage.model, stage.text, [q.hints for q in queries], device=dev, progress=progress)
+    stage = load_coarse_stage(weights, data, split, data_split.cells, [q.hints for q in queries],
+                              cache=cache, device=dev, progress=progress)
+    encoded = encode_queries(stage.model, stage.text, [q.hints for q in queries], device=dev,
+                             progress=progress)
     top = rank_cells(encoded, stage.gallery.descriptors, stage.score_terms, k=max(CURVE_KS))
     gt_rows = stage.gallery.rows(gt)
     return {"gallery_cells": len(stage.gallery),
@@ -141,9 +150,10 @@ def _retrieval(data, split, data_split, weights, queries, gt, cache, device, pro
             "score_terms": list(stage.score_terms)}
 
 
-def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit, show=0, show_dir=None,
-              distractors=()) -> dict:
-    """Coarse + fine: retrieval and localization recall, calibration of the published covariance."""
+def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit, show=0,
+              show_dir=None, distractors=()) -> dict:
+    """Coarse + fine: retrieval and localization recall, calibration of the published
+    covariance."""
     import torch
     from tqdm import tqdm
 
@@ -154,13 +164,15 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     from ..inference import Candidates, Localizer
     from ..core.query_text import recognised_hints
     from ..core.retrieval import retrieval_metrics
-    from .localization import calibration_report, candidate_errors, fit_calibration, localization_recall
+    from .localization import (calibration_report, candidate_errors, fit_calibration,
+                               localization_recall)
 
-    loc = Localizer(data, weights, scenes=list(data_split.scenes) + list(distractors), device=device, cache=cache,
-                    top_k=max(CURVE_KS), progress=progress)
+    loc = Localizer(data, weights, scenes=list(data_split.scenes) + list(distractors),
+                    device=device, cache=cache, top_k=max(CURVE_KS), progress=progress)
     loc.encode_sentences(sorted({s for q in queries for s in q.hints}))
     parts = []
-    for start in tqdm(range(0, len(queries), 64), desc="queries", unit="batch", disable=not progress):
+    for start in tqdm(range(0, len(queries), 64), desc="queries", unit="batch",
+                      disable=not progress):
         parts.append(loc.candidates([q.hints for q in queries[start:start + 64]], max(CURVE_KS)))
     cand = Candidates(*(torch.cat([getattr(c, n) for c in parts])
                         for n in ("rows", "scores", "positions", "precision", "cell_size")))
@@ -185,12 +197,14 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     informative = torch.tensor([recognised_hints(q.hints) / len(q.hints) for q in queries])
     weighted = informative_scores(cand.scores, informative)  # what the published answer uses
     if fit:
-        beta, bandwidth, _ = fit_consensus(cand.positions, weighted, loc.scene_index[cand.rows], truth,
-                                           same_scene(cand))
+        beta, bandwidth, _ = fit_consensus(cand.positions, weighted, loc.scene_index[cand.rows],
+                                           truth, same_scene(cand))
         loc.calibration.consensus_beta, loc.calibration.consensus_bandwidth_m = beta, bandwidth
-    ordered = loc.consensus(cand, informative)  # the fit of the covariance below leaves the order as it is
+    # the fit of the covariance below leaves the order as it is
+    ordered = loc.consensus(cand, informative)
     if fit:
-        gallery = f", gallery {loc.num_cells} cells with {', '.join(distractors)}" if distractors else ""
+        gallery = (f", gallery {loc.num_cells} cells with {', '.join(distractors)}"
+                   if distractors else "")
         cal, _ = fit_calibration(cand.positions, weighted, cand.precision, cand.cell_size, truth,
                                  fitted_on=f"{data_split.name}: {len(queries)} queries{gallery}",
                                  centre=ordered.positions[:, 0], consensus=(beta, bandwidth))
@@ -200,8 +214,8 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
         out["calibration_file"] = str(path)
     published = errors_of(ordered)
     out["published_recall"] = localization_recall(published)
-    cov = published_covariance(cand.positions, cand.scores, cand.precision, cand.cell_size, loc.calibration,
-                               informative, centre=ordered.positions[:, 0])
+    cov = published_covariance(cand.positions, cand.scores, cand.precision, cand.cell_size,
+                               loc.calibration, informative, centre=ordered.positions[:, 0])
     out["calibration"] = calibration_report(truth - ordered.positions[:, 0], cov)
     out["calibration"].update(loc.calibration.to_dict())
     out["top1_error_m"] = {"median": float(errors[:, 0].clamp(max=1e9).median()),
@@ -217,7 +231,8 @@ def _draw(loc, queries, count: int, folder: str) -> List[str]:
 
     rng = np.random.default_rng(0)
     picked = sorted(rng.choice(len(queries), min(count, len(queries)), replace=False).tolist())
-    shown = [Shown(loc.localize(" ".join(queries[i].hints)), queries[i].pose_w[:2], f"#{i}") for i in picked]
+    shown = [Shown(loc.localize(" ".join(queries[i].hints)), queries[i].pose_w[:2], f"#{i}")
+             for i in picked]
     paths = [draw_localizations([s], loc.map.cells_by_id, Path(folder) / f"query_{i:05d}.png")
              for i, s in zip(picked, shown)]
     by_scene = {}
@@ -231,22 +246,24 @@ def _draw(loc, queries, count: int, folder: str) -> List[str]:
 
 def format_report(report: dict) -> str:
     r = report["retrieval_recall"]
-    lines = [f"{report['split']}: {report['num_queries']} queries, gallery of {report['gallery_cells']} cells",
+    lines = [f"{report['split']}: {report['num_queries']} queries, gallery of "
+             f"{report['gallery_cells']} cells",
              f"retrieval recall@1/3/5: {r['1']:.3f} / {r['3']:.3f} / {r['5']:.3f}"]
     for k, by_eps in report.get("localization_recall", {}).items():
         lines.append(f"localization recall k={k:>2} within 5/10/15 m: "
                      + " / ".join(f"{by_eps[e]:.3f}" for e in ("5", "10", "15")))
     cal = report.get("calibration") or {}
     if report.get("published_recall") and cal.get("consensus_bandwidth_m", 0) > 0:
-        lines.append(f"published answer (consensus of overlapping cells, beta {cal['consensus_beta']:g}, "
-                     f"bandwidth {cal['consensus_bandwidth_m']:g} m):")
+        lines.append(f"published answer (consensus of overlapping cells, beta "
+                     f"{cal['consensus_beta']:g}, bandwidth {cal['consensus_bandwidth_m']:g} m):")
         for k, by_eps in report["published_recall"].items():
             lines.append(f"  recall k={k:>2} within 5/10/15 m: "
                          + " / ".join(f"{by_eps[e]:.3f}" for e in ("5", "10", "15")))
     if cal:
-        lines.append(f"calibration: {100 * cal['within_1sigma']:.1f} % inside 1 sigma (39.3 % ideal), "
-                     f"{100 * cal['within_2sigma']:.1f} % inside 2 sigma (86.5 %), mean NLL {cal['nll']:.2f}, "
-                     f"median 1-sigma {cal['median_sigma_m']:.1f} m"
+        lines.append(f"calibration: {100 * cal['within_1sigma']:.1f} % inside 1 sigma "
+                     f"(39.3 % ideal), {100 * cal['within_2sigma']:.1f} % inside 2 sigma "
+                     f"(86.5 %), mean NLL {cal['nll']:.2f}, median 1-sigma "
+                     f"{cal['median_sigma_m']:.1f} m"
                      + ("" if cal.get("fitted_on") else " (uncalibrated)"))
     if report.get("order_sensitivity"):
         from .order_sensitivity import format_order_sensitivity
@@ -261,22 +278,27 @@ def load_reports(paths: Sequence[str]) -> List[dict]:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
-            raise SpatialocError(f"{path}: not a saved 'spatialoc eval --json' report ({exc})") from None
+            raise SpatialocError(f"{path}: not a saved 'spatialoc eval --json' report "
+                                 f"({exc})") from None
         for r in data if isinstance(data, list) else [data]:
             if not isinstance(r, dict) or "retrieval_recall" not in r:
-                raise SpatialocError(f"{path}: not a saved 'spatialoc eval --json' report (no retrieval_recall)")
+                raise SpatialocError(f"{path}: not a saved 'spatialoc eval --json' report "
+                                     "(no retrieval_recall)")
             reports.append(r)
     return reports
 
 
 def format_table(reports: Sequence[dict], names: Sequence[str]) -> str:
-    """A Markdown table of several reports' retrieval recall (and k = 1 localization recall when present)."""
+    """A Markdown table of several reports' retrieval recall (and k = 1 localization recall when
+    present)."""
     loc = all("localization_recall" in r for r in reports)
-    head = ["weights", "recall@1", "recall@3", "recall@5"] + (["k=1 within 5/10/15 m"] if loc else [])
+    head = (["weights", "recall@1", "recall@3", "recall@5"]
+            + (["k=1 within 5/10/15 m"] if loc else []))
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in zip(names, reports):
         cells = [name] + [f"{r['retrieval_recall'][k]:.3f}" for k in ("1", "3", "5")]
         if loc:
-            cells.append(" / ".join(f"{r['localization_recall']['1'][e]:.3f}" for e in ("5", "10", "15")))
+            cells.append(" / ".join(f"{r['localization_recall']['1'][e]:.3f}"
+                                    for e in ("5", "10", "15")))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -1,6 +1,7 @@
 """Localization recall (the papers' protocol) and the calibration of the published covariance.
 
-Localization recall at (k, eps) (ARCHITECTURE §5, kitti360pose_format.md §7):
+Localization recall at (k, eps), as SpatiaLoc (arXiv 2601.03579) reports it in
+Tables 1 and 3 (README.md, "Training and evaluation", describes the protocol):
 a query is a hit if the smallest 2-D error over its first k candidates is at
 most eps metres; candidates from another scene than the query's are misses.
 
@@ -17,8 +18,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..core.covariance import (Calibration, hypothesis_variance, mixture_covariance, mixture_weights,
-                          published_covariance)
+from ..core.covariance import (Calibration, hypothesis_variance, mixture_covariance,
+                               mixture_weights, published_covariance)
 
 LOCALIZATION_KS = (1, 5, 10)
 THRESHOLDS_M = (5, 10, 15)
@@ -26,7 +27,8 @@ TARGET_1SIGMA = 1 - math.exp(-0.5)
 TARGET_2SIGMA = 1 - math.exp(-2.0)
 
 
-def candidate_errors(positions: torch.Tensor, same_scene: torch.Tensor, truth_xy: torch.Tensor) -> torch.Tensor:
+def candidate_errors(positions: torch.Tensor, same_scene: torch.Tensor,
+                     truth_xy: torch.Tensor) -> torch.Tensor:
     """Errors [B, K] in metres of candidate positions [B, K, 2]; inf where the scene differs."""
     err = torch.linalg.norm(positions - truth_xy[:, None, :], dim=-1)
     return err.masked_fill(~same_scene, float("inf"))
@@ -56,7 +58,8 @@ def gaussian_nll(err_xy: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
 def calibration_report(err_xy: torch.Tensor, cov: torch.Tensor) -> Dict[str, float]:
     """Coverage of the 1- and 2-sigma ellipses and mean NLL (the ``calibration`` JSON object)."""
     d2 = mahalanobis_sq(err_xy, cov)
-    return {"within_1sigma": float((d2 <= 1).double().mean()), "within_2sigma": float((d2 <= 4).double().mean()),
+    return {"within_1sigma": float((d2 <= 1).double().mean()),
+            "within_2sigma": float((d2 <= 4).double().mean()),
             "nll": float(gaussian_nll(err_xy, cov).mean()),
             "median_sigma_m": float(torch.linalg.eigvalsh(cov)[:, -1].sqrt().median())}
 
@@ -67,7 +70,8 @@ FIT_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.
 
 def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: torch.Tensor,
                     cell_size: torch.Tensor, truth_xy: torch.Tensor, fitted_on: str = "",
-                    centre: Optional[torch.Tensor] = None, consensus: Tuple[float, float] = (0.0, 0.0)
+                    centre: Optional[torch.Tensor] = None,
+                    consensus: Tuple[float, float] = (0.0, 0.0)
                     ) -> Tuple[Calibration, Dict[str, float]]:
     """Scale and mixture sharpness that make the published ellipses hold their share of errors.
 
@@ -85,15 +89,18 @@ def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: to
     """
     centre = positions[:, 0] if centre is None else centre
     err = truth_xy - centre
-    unit_var = hypothesis_variance(precision, cell_size, 1.0)  # variance at scale 1 (clamped like any scale)
+    # variance at scale 1 (clamped like any scale)
+    unit_var = hypothesis_variance(precision, cell_size, 1.0)
     within, closest = None, None
     for beta in FIT_BETAS:
         w = mixture_weights(scores, beta)
-        spread = mixture_covariance(positions, torch.zeros_like(unit_var), w, centre)   # the scale-free part
+        # the scale-free part
+        spread = mixture_covariance(positions, torch.zeros_like(unit_var), w, centre)
         iso = (w * unit_var).sum(-1)
         for log_scale in torch.arange(-4.0, 3.0001, 0.02).tolist():
             scale = 10 ** log_scale
-            cov = spread + (scale * iso).clamp(min=1e-4)[:, None, None] * torch.eye(2, dtype=spread.dtype)
+            cov = spread + ((scale * iso).clamp(min=1e-4)[:, None, None]
+                            * torch.eye(2, dtype=spread.dtype))
             d2 = mahalanobis_sq(err, cov)
             c1, c2 = float((d2 <= 1).double().mean()), float((d2 <= 4).double().mean())
             miss = round((c1 - TARGET_1SIGMA) ** 2 + (c2 - TARGET_2SIGMA) ** 2, 5)
@@ -107,6 +114,5 @@ def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: to
             if closest is None or (miss, nll) < closest[0]:
                 closest = ((miss, nll), cal)
     cal = within[1] if within is not None else closest[1]
-    return cal, calibration_report(err, published_covariance(positions, scores, precision, cell_size, cal,
-                                                             centre=centre))
-
+    return cal, calibration_report(err, published_covariance(positions, scores, precision,
+                                                             cell_size, cal, centre=centre))

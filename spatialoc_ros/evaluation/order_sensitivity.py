@@ -21,9 +21,11 @@ def _stats(values: np.ndarray) -> Dict[str, float]:
             "p95": float(np.quantile(values, 0.95))}
 
 
-def measure_order_sensitivity(data: str, weights: str, queries: int = 600, orders: int = 3, seed: int = 0,
-                              cache=None, progress: bool = False) -> Dict[str, object]:
-    """The ``order_sensitivity`` object of ``spatialoc eval --order-sensitivity N`` (validation split)."""
+def measure_order_sensitivity(data: str, weights: str, queries: int = 600, orders: int = 3,
+                              seed: int = 0, cache=None,
+                              progress: bool = False) -> Dict[str, object]:
+    """The ``order_sensitivity`` object of ``spatialoc eval --order-sensitivity N`` (validation
+    split)."""
     from ..core.cell_bank import permute_objects
     from ..core.encoding import predict_fine as predict
     from ..core.frozen_inputs import cache_dir, load_banks, load_text_cache
@@ -41,7 +43,8 @@ def measure_order_sensitivity(data: str, weights: str, queries: int = 600, order
         ids = np.sort(rng.choice(ids, min(queries, len(ids)), replace=False))
     hints = [[h.text for h in val.poses[i].hints] for i in ids]
     root = cache_dir(data, cache)
-    banks, _ = load_banks(root, f"{weights}/pointnet", {"val": val.cells}, model.cfg.max_objects, seed, progress)
+    banks, _ = load_banks(root, f"{weights}/pointnet", {"val": val.cells}, model.cfg.max_objects,
+                          seed, progress)
     bank = banks["val"]
     text = load_text_cache(root, config["text_encoder"], sorted({s for h in hints for s in h}))
     rows = bank.rows([val.poses[i].cell_id for i in ids]).numpy()
@@ -74,9 +77,9 @@ def measure_order_sensitivity(data: str, weights: str, queries: int = 600, order
 
 def format_order_sensitivity(r: dict) -> str:
     m, o = r["permuted_move_m"], r["other_cell_move_m"]
-    text = (f"object order ({r['queries']} val queries x {r['orders']} orders): the position moves by a median "
-            f"{m['median']:.2f} m (mean {m['mean']:.2f}, 95th percentile {m['p95']:.2f} m), against "
-            f"{o['median']:.2f} m for the same text in another cell")
+    text = (f"object order ({r['queries']} val queries x {r['orders']} orders): the position "
+            f"moves by a median {m['median']:.2f} m (mean {m['mean']:.2f}, 95th percentile "
+            f"{m['p95']:.2f} m), against {o['median']:.2f} m for the same text in another cell")
     if "precision_factor" in r:
         text += f"; lambda by a median factor of {r['precision_factor']['median']:.3f}"
     return text

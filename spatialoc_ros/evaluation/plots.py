@@ -25,7 +25,8 @@ def plot_recall_curves(reports: Sequence[dict], labels: Sequence[str], out) -> P
     ax.set_ylim(0, 1)
     ax.set_xticks(range(1, 11))
     ax.grid(alpha=0.3)
-    ax.set_title(f"{first['split']} split: {first['num_queries']} queries, {first['gallery_cells']} cells")
+    ax.set_title(f"{first['split']} split: {first['num_queries']} queries, "
+                 f"{first['gallery_cells']} cells")
     ax.legend(loc="lower right", fontsize=8)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,6 @@
-"""Object-side relation encoder: BEOSE and Gaussian Aggregation (method §3, §4).
+"""Object-side relation encoder: BEOSE and Gaussian Aggregation.
+
+Both are from SpatiaLoc (arXiv 2601.03579) §3.2, Eqs. (3)-(8).
 
 Shapes: B cells, N object slots per cell (padded at the end), D embedding size.
 
@@ -29,7 +31,8 @@ from torch import nn
 from .masking import check_padding_mask, l2_normalize
 
 GA_MODES = ("gaussian", "maxpool")
-GA_COMPONENTS = 3  # Gaussian components of the latent Z, averaged into one score (§4.2)
+# Gaussian components of the latent Z, averaged into one score (as in the reference code)
+GA_COMPONENTS = 3
 
 
 def pair_affine(weight: torch.Tensor, bias: Optional[torch.Tensor], nodes: torch.Tensor,
@@ -56,7 +59,7 @@ def pair_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class GaussianAggregation(nn.Module):
-    """Edge features -> node descriptors (paper Eqs. 7-8, resolved per [REC] §4.4).
+    """Edge features -> node descriptors (paper Eqs. 7-8, made well-defined as below).
 
     ``mode="gaussian"`` (the method)::
 
@@ -71,7 +74,8 @@ class GaussianAggregation(nn.Module):
 
     Eq. 8 as printed sums softmaxes alone, which is the constant 2; the weights
     multiply the edge features, and the softmax runs over the summed axis n
-    (§4.3, §12.1 #7). Both softmaxes exclude padded n (-inf logits).
+    (the reference code normalises over m while it sums over n). Both softmaxes
+    exclude padded n (-inf logits).
 
     ``mode="maxpool"`` (the "w/o GA" ablation of Table 5): v_m = max over valid n of e_mn.
 
@@ -120,7 +124,11 @@ class GaussianAggregation(nn.Module):
 
 
 class BEOSE(nn.Module):
-    """Bézier-Enhanced Object Spatial Encoder, "code" semantics (§3.2; [REC] §3.4, §12.1 #8).
+    """Bézier-Enhanced Object Spatial Encoder (paper §3.2), as the reference code computes it.
+
+    The paper runs an LSTM on every edge and predicts separate end points P0, P2
+    and a per-edge tau; the reference code, and this module, run the LSTM over
+    the nodes, with P2 = P0 and one learnable t shared by all edges.
 
     Weights are shared across the ``iterations`` (paper: 𝒩; code: 3)::
 
@@ -143,16 +151,16 @@ class BEOSE(nn.Module):
     rejected (ValueError).
 
     Speed (same function, same parameters): with one scalar t, Ê is affine in
-    P0 (§3.2): Ê = M P0 + b t_c with M = a I + b W_c, a = (1-t)^2 + t^2,
+    P0: Ê = M P0 + b t_c with M = a I + b W_c, a = (1-t)^2 + t^2,
     b = 2t(1-t), (W_c, t_c) = ctrl. fuse followed by this map is one affine map
     of [x_m, x_n, r_mn], applied with :func:`pair_affine`: one [B, N, N, D] x [D, D]
     product per iteration, none in the first (see :meth:`pair_with_offsets`).
 
-    ``ablate=True`` is the "w/o BEOSE" ablation (Table 5; §3.4 "none"): one pass
+    ``ablate=True`` is the "w/o BEOSE" ablation (paper Table 5): one pass
     E = fuse([X_m, X_n, geo(O_mn)]) (zero at padded pairs), with the same geo and fuse layers,
     and no LSTM, Bézier step, tanh or iteration. With no node LSTM, the node
     output is a learned projection ``node_proj`` (Linear D -> D) of X, the
-    paper's "V' = projections of raw features" (§7.3), so L_IO still trains
+    paper's "V' = projections of raw features" (L_IO, §3.2), so L_IO still trains
     its own feature space.
     """
 
@@ -214,6 +222,7 @@ class BEOSE(nn.Module):
             return self.node_proj(x).masked_fill(pad_nodes, 0.0), edges.masked_fill(pad_edges, 0.0)
         weight, bias = self.bezier_fuse_params()
         e_hat = self.pair_with_offsets(weight, bias, x, centroids)  # first iteration, r = r_0
+        r = None  # set by the first iteration, read from the second on
         for i in range(self.iterations):
             x_new = self.lstm(x)[0].masked_fill(pad_nodes, 0.0)
             if i > 0:
@@ -224,7 +233,7 @@ class BEOSE(nn.Module):
 
 
 class ObjectRelationEncoder(nn.Module):
-    """BEOSE + Gaussian Aggregation: the object side of the instance-level losses (§3, §4, §7.3).
+    """BEOSE + Gaussian Aggregation: the object side of the instance-level losses (paper §3.2).
 
     forward(x [B, N, D], centroids [B, N, 3], mask [B, N] bool) ->
         F_Object_P   [B, N, D]  final BEOSE node state (L_IO),

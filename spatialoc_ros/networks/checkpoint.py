@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -100,18 +99,21 @@ def _shape(t) -> str:
     return "[" + ", ".join(str(d) for d in t.shape) + "]"
 
 
-def check_state(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor], where: str) -> None:
+def check_state(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor],
+                where: str) -> None:
     """Raise one line if the tensor names or shapes of ``found`` differ from ``expected``."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    wrong = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    wrong = [k for k in expected
+             if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
     if not (missing or unexpected or wrong):
         return
     parts = []
     if wrong:
         k = wrong[0]
         more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
-        parts.append(f"tensor {k!r} has shape {_shape(found[k])}, expected {_shape(expected[k])}{more}")
+        parts.append(f"tensor {k!r} has shape {_shape(found[k])}, expected "
+                     f"{_shape(expected[k])}{more}")
     if missing:
         parts.append(f"missing keys: {_names(missing)}")
     if unexpected:
@@ -138,12 +140,14 @@ def save_checkpoint(model: nn.Module, path_stem: PathLike, config: Dict[str, Any
     may exceed float16's) stay as they are. Loading casts back to the model's types.
     """
     tensor_path, json_path = paths(path_stem)
-    meta = {"format": FORMAT, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    meta = {"format": FORMAT,
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "git_commit": git_commit()}
     state = model.state_dict()
     if dtype is not None:
         params = {name for name, _ in model.named_parameters()}
-        state = {k: v.to(dtype) if k in params and v.is_floating_point() else v for k, v in state.items()}
+        state = {k: v.to(dtype) if k in params and v.is_floating_point() else v
+                 for k, v in state.items()}
         meta["stored_dtype"] = str(dtype).replace("torch.", "")
     _write_tensors(tensor_path, state)
     write_json(json_path, {**meta, **config})
@@ -159,7 +163,8 @@ Factory = Callable[[Dict[str, Any]], nn.Module]
 
 
 def load_checkpoint(model_or_factory: Union[nn.Module, Factory], path_stem: PathLike,
-                    map_location: Union[str, torch.device, None] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+                    map_location: Union[str, torch.device, None] = None
+                    ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Load a checkpoint strictly -> (model, config).
 
     ``model_or_factory`` is a module to fill, or a callable that builds one
@@ -201,7 +206,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path_stem: PathLike) -> Non
                 scalars[f"{pid}.{name}"] = value
     _write_tensors(tensor_path, tensors)
     write_json(json_path, {"format": FORMAT, "optimizer": type(optimizer).__name__,
-                            "param_groups": sd["param_groups"], "scalars": scalars})
+                           "param_groups": sd["param_groups"], "scalars": scalars})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path_stem: PathLike) -> None:
@@ -217,10 +222,10 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path_stem: PathLike) -> Non
         pid, _, name = key.partition(".")
         state.setdefault(int(pid), {})[name] = value
     # JSON turns tuples (Adam's betas) into lists; "params" is the one list that stays a list.
-    groups = [{k: v if k == "params" or not isinstance(v, list) else tuple(v) for k, v in g.items()}
+    groups = [{k: v if k == "params" or not isinstance(v, list) else tuple(v)
+               for k, v in g.items()}
               for g in meta.get("param_groups", [])]
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, ValueError, RuntimeError) as e:
         raise SpatialocError(f"{json_path}: does not fit the optimizer ({_one_line(e)})") from None
-

@@ -1,9 +1,11 @@
 """The coarse stage: text and cells into the descriptors that retrieval compares.
 
-Text side (spatialoc_method.md §1):  token embeddings -> HintEncoder -> H [B, Q, D]
+SpatiaLoc (arXiv 2601.03579) §3.2-3.3; each module's docstring names its part.
+
+Text side:  token embeddings -> HintEncoder -> H [B, Q, D]
     H -> TextSceneGraph     -> F_Object_T, F_Relation_T   (instance level)
     H -> GlobalTextEncoder  -> Q_glo                      (global, Mamba2 + attention)
-Cell side (§2-§5):  object inputs -> ObjectEncoder -> X [C, N, D]
+Cell side:  object inputs -> ObjectEncoder -> X [C, N, D]
     X -> BEOSE + GA         -> F_Object_P, F_Relation_P   (instance level)
     l2(X) -> FAE            -> P_glo                      (global, frequency domain)
 
@@ -58,10 +60,12 @@ class CoarseModel(nn.Module):
         self.fae = FAE(cfg.d, ablate=cfg.ablate_fae)
         if not cfg.global_only:
             self.text_graph = TextSceneGraph(cfg.d, cfg.iterations, ga_mode=cfg.ga_mode)
-            self.relations = ObjectRelationEncoder(cfg.d, cfg.iterations, cfg.ablate_beose, cfg.ga_mode)
+            self.relations = ObjectRelationEncoder(cfg.d, cfg.iterations, cfg.ablate_beose,
+                                                   cfg.ga_mode)
 
     def encode_text(self, tokens, token_mask, hint_index, hint_mask) -> CoarseOutputs:
-        """tokens [S, L, Dt], token_mask [S, L]; hint_index / hint_mask [B, Q] -> text descriptors."""
+        """tokens [S, L, Dt], token_mask [S, L]; hint_index / hint_mask [B, Q] -> text
+        descriptors."""
         h = self.hints(tokens, token_mask, hint_index, hint_mask)
         out = CoarseOutputs(q_glo=self.global_text(h, hint_mask), t_mask=hint_mask)
         if not self.cfg.global_only:
@@ -80,5 +84,5 @@ class CoarseModel(nn.Module):
         """Paired batch: ``text`` and ``cells`` are keyword dicts of the two encoders."""
         t = self.encode_text(**text)
         c = self.encode_cells(**cells)
-        return CoarseOutputs(q_glo=t.q_glo, p_glo=c.p_glo, t_obj=t.t_obj, t_rel=t.t_rel, t_mask=t.t_mask,
-                             p_obj=c.p_obj, p_rel=c.p_rel, p_mask=c.p_mask)
+        return CoarseOutputs(q_glo=t.q_glo, p_glo=c.p_glo, t_obj=t.t_obj, t_rel=t.t_rel,
+                             t_mask=t.t_mask, p_obj=c.p_obj, p_rel=c.p_rel, p_mask=c.p_mask)

@@ -1,7 +1,8 @@
-"""FAE, the Frequency-Aware Encoder: the global cell descriptor P_glo (spec §5, paper eq. 11-13).
+"""FAE, the Frequency-Aware Encoder: the global cell descriptor P_glo.
 
-This is the code's block (spec §5.2) with padding masked throughout (the
-[REC] clean variant, §5.4 and bug #22): padded object slots never change the
+SpatiaLoc (arXiv 2601.03579) §3.3, Eqs. (11)-(13). This is the reference code's
+block with padding masked throughout (the reference code masks nothing, so its
+padded slots leak into the result): padded object slots never change the
 descriptor of a cell. For x [B, N, D] (L2-normalised object embeddings, padded
 at the end of each row) and mask [B, N]::
 
@@ -23,9 +24,9 @@ the same index mask. For a real input the kept bins floor(0.7 D) .. D-1 are
 the negative frequencies -(D - floor(0.7 D)) .. -1, so Re(IFFT(M * FFT(u)))
 is exactly half of u band-passed to |f| in [1, D - floor(0.7 D)]: for D = 256
 the lowest 77 non-DC frequencies at half amplitude, while the true high
-frequencies 78..128 are dropped (spec §5.2). We keep this as published.
+frequencies 78..128 are dropped. We keep this as published.
 
-``ablate=True`` is the "w/o FAE" variant of Table 5 (spec §5.4): Text2Loc's
+``ablate=True`` is the "w/o FAE" variant of the paper's Table 5: Text2Loc's
 object encoder, 2 x TEL(D, 4 heads, ff 512) over the objects, masked max, L2.
 """
 from typing import Tuple
@@ -88,7 +89,7 @@ class FAE(nn.Module):
             return x
 
         nu1, nu2, nu3 = self.branches(x)
-        a1 = self._attend(nu1, nu1, pad) + nu1    # residuals on branches 1 and 3 only (§5.2)
+        a1 = self._attend(nu1, nu1, pad) + nu1    # residuals on branches 1 and 3 only (as coded)
         a2 = self._attend(nu2, nu2, pad)
         a3 = self._attend(nu3, nu3, pad) + nu3
         c1 = self._attend(a2, a1, pad)

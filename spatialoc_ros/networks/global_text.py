@@ -1,14 +1,18 @@
-"""Global text descriptor Q_glo from the hint features H (spec §1.5, §6; "Atten & Pooling").
+"""Global text descriptor Q_glo from the hint features H ("Atten & Pooling").
+
+SpatiaLoc (arXiv 2601.03579) §3.3 describes it as "a stacked architecture
+consisting of attention and maxpooling layers"; the Mamba2 in front of the
+attention is the reference code's.
 
 For H [B, Q, D] (the un-normalised hint features, 1..Q hints per query,
 padded at the end) and mask [B, Q]::
 
-    h = Mamba2(H)                     bare mixer: no residual, no norm around it (§1.5.1, §1.6)
+    h = Mamba2(H)                     bare mixer: no residual, no norm around it
     h = TEL(h)                        TEL(D, 4 heads, ff 4D), padded hints masked as keys
     Q_glo = L2(max over valid hints of h)     [B, D]
 
-[REC] (§6, bug list): the code wraps the TEL in a second residual
-(x + TEL(x)); here the TEL's own residuals are the only ones. The code has
+The reference code wraps the TEL in a second residual (x + TEL(x)); here
+the TEL's own residuals are the only ones. The code has
 no padding mask because it always sees 6 hints; here the hint count may
 vary, and padding never changes Q_glo (Mamba2 steps over padded hints with
 dt = 0 and, being causal, never lets trailing padding reach valid hints).
@@ -29,7 +33,7 @@ class GlobalTextEncoder(nn.Module):
     def __init__(self, d: int = 256, dropout: float = 0.1):
         super().__init__()
         self.d = d
-        # d_state 128, d_conv 4, expand 4, headdim 64 (§1.6); mamba_ssm's kernel on CUDA
+        # d_state 128, d_conv 4, expand 4, headdim 64 (see .mamba); mamba_ssm's kernel on CUDA
         self.mamba = make_mamba2(d)
         self.tel = nn.TransformerEncoderLayer(d, 4, 4 * d, dropout, batch_first=True)
 

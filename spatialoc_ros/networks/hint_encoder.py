@@ -1,9 +1,13 @@
-"""Hint features H [B, Q, D] from frozen token embeddings (spatialoc_method.md §1.3, masked).
+"""Hint features H [B, Q, D] from frozen token embeddings, with padding masked.
+
+H is the paper's language features T (SpatiaLoc, arXiv 2601.03579, §3.2); the
+layers below follow the reference code.
 
 Per sentence: a token LSTM and one Transformer encoder layer over the tokens,
 then a max over the valid tokens and Linear + BN down to D. Per query: an LSTM
 over its hints, run per description (the reference code ran it over the whole
-batch as one sequence, spec §12 #12). Padded tokens and padded hints never
+batch as one sequence, so a query's features depended on the rest of its
+batch). Padded tokens and padded hints never
 change a result.
 """
 from __future__ import annotations
@@ -18,7 +22,8 @@ class HintEncoder(nn.Module):
     def __init__(self, token_dim: int, d: int = 256, heads: int = 4, token_lstm: bool = True):
         super().__init__()
         self.token_lstm = nn.LSTM(token_dim, token_dim, batch_first=True) if token_lstm else None
-        self.intra = nn.TransformerEncoderLayer(token_dim, heads, 4 * token_dim, dropout=0.1, batch_first=True)
+        self.intra = nn.TransformerEncoderLayer(token_dim, heads, 4 * token_dim, dropout=0.1,
+                                                batch_first=True)
         self.proj = mlp_bn([token_dim, d])
         self.hint_lstm = nn.LSTM(d, d, batch_first=True)
 
@@ -27,21 +32,24 @@ class HintEncoder(nn.Module):
         x = tokens
         if self.token_lstm is not None:
             lengths = token_mask.sum(1).clamp(min=1).cpu()
-            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                       enforce_sorted=False)
             x, _ = self.token_lstm(packed)
-            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=tokens.shape[1])
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True,
+                                                    total_length=tokens.shape[1])
         x = self.intra(x, src_key_padding_mask=~token_mask)
         pooled = masked_max(x, token_mask)  # [S, Dt]
         return self.proj(pooled)
 
     def forward(self, tokens, token_mask, hint_index, hint_mask) -> torch.Tensor:
-        """H [B, Q, D]; ``hint_index`` [B, Q] picks rows of ``tokens``, ``hint_mask`` [B, Q] marks real hints."""
+        """H [B, Q, D]; ``hint_index`` [B, Q] picks rows of ``tokens``, ``hint_mask`` [B, Q]
+        marks real hints."""
         s = self.sentences(tokens, token_mask)
         h = s[hint_index.clamp(min=0)] * hint_mask.unsqueeze(-1)
         lengths = hint_mask.sum(1).clamp(min=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(h, lengths, batch_first=True,
+                                                   enforce_sorted=False)
         out, _ = self.hint_lstm(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=h.shape[1])
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                  total_length=h.shape[1])
         return out * hint_mask.unsqueeze(-1)
-
-

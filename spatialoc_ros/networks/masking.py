@@ -27,7 +27,8 @@ def check_padding_mask(mask: torch.Tensor, n: int, require_valid: bool = True) -
 
 
 def apply_valid(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``layer`` on the valid rows of x [B, N, Din] (mask [B, N] bool) -> [B, N, Dout], zeros at padding."""
+    """``layer`` on the valid rows of x [B, N, Din] (mask [B, N] bool) -> [B, N, Dout], zeros at
+    padding."""
     out = layer(x[mask])
     full = out.new_zeros(x.shape[0], x.shape[1], out.shape[-1])
     full[mask] = out
@@ -50,7 +51,7 @@ def l2_normalize(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Ten
 def mlp_bn(sizes) -> nn.Sequential:
     """Linear + BatchNorm + ReLU between layers, Linear + BatchNorm (no ReLU) at the end.
 
-    SpatiaLoc's ``get_mlp`` (spatialoc_method.md §0.3).
+    The ``get_mlp`` of the reference SpatiaLoc code.
     """
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):

@@ -1,4 +1,7 @@
-"""Per-object embeddings of a cell: class, colour, position and size streams (spatialoc_method.md §2.2-2.3).
+"""Per-object embeddings of a cell: class, colour, position and size streams.
+
+They are the visual features V of SpatiaLoc (arXiv 2601.03579) §3.2; the
+streams follow the reference code.
 
 Inputs are padded per cell (B cells, N object slots, mask [B, N]):
 
@@ -11,7 +14,8 @@ Each stream gives a D-vector per object and is L2-normalised; the class stream
 is first enhanced by masked self-attention over the cell's objects, whose
 values carry max-pooled embeddings of the offsets to every other object (the
 design the reference code intended: its attention ran on sequences of length
-one, spec §2.3). The streams are concatenated and merged by Linear + BN into
+one, so it reduced to a per-object affine map). The streams are concatenated
+and merged by Linear + BN into
 the un-normalised object embedding used by BEOSE (and, normalised, by FAE).
 """
 from __future__ import annotations
@@ -21,8 +25,8 @@ from torch import nn
 
 from .masking import apply_valid, l2_normalize, masked_max, mlp_bn
 
-# Point-count standardisation of KITTI360Pose (spec §2.2); the trainer replaces them
-# with the training split's own statistics of log counts.
+# Point-count standardisation of KITTI360Pose (the reference code's constants); the
+# trainer replaces them with the training split's own statistics of log counts.
 KITTI360POSE_COUNT_MEAN = 1826.6844940968194
 KITTI360POSE_COUNT_STD = 2516.8905096993817
 
@@ -40,7 +44,8 @@ class RelationEnhance(nn.Module):
         # g_n = max over valid m of Linear(c_m - c_n): [B, N, N, D] -> [B, N, D]
         offsets = self.offset(centers.unsqueeze(1) - centers.unsqueeze(2))  # [B, n, m, D]
         g = masked_max(offsets.flatten(0, 1), mask.repeat_interleave(f.shape[1], 0)).view_as(f)
-        out, _ = self.attn(self.q(f), self.k(f), self.v(f) + g, key_padding_mask=~mask, need_weights=False)
+        out, _ = self.attn(self.q(f), self.k(f), self.v(f) + g, key_padding_mask=~mask,
+                           need_weights=False)
         return out * mask.unsqueeze(-1)
 
 

@@ -15,7 +15,7 @@ __all__ = ["CoarseOutputs"]
 
 @dataclass
 class CoarseOutputs:
-    """Coarse descriptors of queries and/or cells (spec §1.4-1.5, §2-§5, Appendix A).
+    """Coarse descriptors of queries and/or cells (see spatialoc_ros/networks/coarse.py).
 
     q_glo  [B, D]     global text descriptor Q_glo, L2-normalised
     p_glo  [C, D]     global cell descriptor P_glo (FAE), L2-normalised

@@ -1,4 +1,6 @@
-"""PointNet++ object encoder and classifier, in plain PyTorch (method §2.1).
+"""PointNet++ object encoder and classifier, in plain PyTorch.
+
+SpatiaLoc (arXiv 2601.03579) §3.2 encodes objects with a frozen PointNet++.
 
 The layout is the Text2Pos object classifier whose ``features2`` SpatiaLoc
 uses as the 256-d per-object "class" feature. One object is a fixed-size
@@ -106,7 +108,8 @@ def farthest_point_sample(pos: torch.Tensor, m: int) -> torch.Tensor:
     B, N, _ = pos.shape
     with cpu_single_thread(pos.device):
         idx = torch.empty(B, m, dtype=torch.long, device=pos.device)
-        gap = torch.empty(B, m, dtype=pos.dtype, device=pos.device)  # distance of pick i to earlier picks
+        # distance of pick i to earlier picks
+        gap = torch.empty(B, m, dtype=pos.dtype, device=pos.device)
         rows = torch.arange(B, device=pos.device)
         farthest = (pos - pos.mean(dim=1, keepdim=True)).square().sum(-1).argmax(dim=1)  # [B]
         dist = torch.full((B, N), math.inf, dtype=pos.dtype, device=pos.device)
@@ -166,7 +169,8 @@ def point_message_mlp(mlp_: nn.Sequential, x: torch.Tensor, pos: torch.Tensor,
 
 
 class SetAbstraction(nn.Module):
-    """FPS + ball query + shared MLP + max-pool: (x [B, N, C], pos [B, N, 3]) -> ([B, M, C'], [B, M, 3])."""
+    """FPS + ball query + shared MLP + max-pool: (x [B, N, C], pos [B, N, 3]) -> ([B, M, C'],
+    [B, M, 3])."""
 
     def __init__(self, channels: Sequence[int], ratio: float, radius: float, max_neighbours: int):
         super().__init__()
@@ -181,7 +185,8 @@ class SetAbstraction(nn.Module):
 
 
 class GlobalAbstraction(nn.Module):
-    """Shared MLP on [x, pos] per point, then max over points: ([B, N, C], [B, N, 3]) -> [B, C']."""
+    """Shared MLP on [x, pos] per point, then max over points: ([B, N, C], [B, N, 3]) ->
+    [B, C']."""
 
     def __init__(self, channels: Sequence[int]):
         super().__init__()
@@ -200,8 +205,9 @@ class PointNet2(nn.Module):
     (``config()``); defaults are the Text2Pos / SpatiaLoc values.
     """
 
-    def __init__(self, num_classes: int = len(CLASS_NAMES), use_color: bool = True, ratio: float = 0.5,
-                 radii: Sequence[float] = (0.2, 0.3, 0.4), max_neighbours: int = 64):
+    def __init__(self, num_classes: int = len(CLASS_NAMES), use_color: bool = True,
+                 ratio: float = 0.5, radii: Sequence[float] = (0.2, 0.3, 0.4),
+                 max_neighbours: int = 64):
         super().__init__()
         self._config = dict(num_classes=num_classes, use_color=use_color, ratio=ratio,
                             radii=[float(r) for r in radii], max_neighbours=max_neighbours)
@@ -227,7 +233,8 @@ class PointNet2(nn.Module):
                              f"and {tuple(rgb.shape)}")
         return self.global_features(*self.local_features(xyz, rgb))
 
-    def local_features(self, xyz: torch.Tensor, rgb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def local_features(self, xyz: torch.Tensor,
+                       rgb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The three set-abstraction stages: -> (features [B, 32, 256], centres [B, 32, 3]).
 
         They see only offsets between points, so translating an object translates the

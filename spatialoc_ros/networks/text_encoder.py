@@ -1,4 +1,6 @@
-"""The frozen language model that turns hint sentences into token embeddings (method §1.1-1.2).
+"""The frozen language model that turns hint sentences into token embeddings.
+
+SpatiaLoc (arXiv 2601.03579) §3.2 uses a frozen T5 encoder.
 
 Shapes: S sentences, L tokens (padded to the longest), Dt the model's hidden size.
 

@@ -1,4 +1,4 @@
-"""Text-side scene graph over the hints of a query (method §1.4, §4.4).
+"""Text-side scene graph over the hints of a query (SpatiaLoc, arXiv 2601.03579, §3.2).
 
 Shapes: B queries, Q hint slots (a query has 1..Q hints, padded at the end), D embedding size.
 
@@ -8,7 +8,8 @@ Shapes: B queries, Q hint slots (a query has 1..Q hints, padded at the end), D e
 Text has no coordinates, so its edges come from the hint pair alone (the
 paper's "coherent procedure ... relying on implicit directional cues"), then
 go through the same kind of Gaussian Aggregation as the object edges (paper:
-"an identical aggregation is performed on textual edges"; [REC] §4.4).
+"an identical aggregation is performed on textual edges"; the reference code
+has no Gaussian branch on the text side).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .masking import l2_normalize
 
 
 class TextSceneGraph(nn.Module):
-    """Hint graph with shared weights over ``iterations`` (code: 3; §1.4)::
+    """Hint graph with shared weights over ``iterations`` (code: 3)::
 
         t = H
         repeat:
@@ -48,7 +49,8 @@ class TextSceneGraph(nn.Module):
         self.gr = nn.Linear(3 * d, d)
         self.ga = GaussianAggregation(d, mode=ga_mode)
 
-    def forward(self, hints: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hints: torch.Tensor,
+                mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """hints [B, Q, D], mask [B, Q] bool -> (F_Object_T, F_Relation_T), each [B, Q, D]."""
         pad_nodes = ~mask.unsqueeze(-1)                                       # [B, Q, 1]
         pad_edges = ~pair_mask(mask).unsqueeze(-1)                            # [B, Q, Q, 1]

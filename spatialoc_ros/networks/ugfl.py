@@ -1,10 +1,14 @@
-"""The fine stage: UGFL, uncertainty-guided fine localisation inside one cell (spec §8.1, §8.5).
+"""The fine stage: UGFL, uncertainty-guided fine localisation inside one cell.
 
-Text side (§1.7): token embeddings -> its own HintEncoder -> H [B, Q, D]
+SpatiaLoc (arXiv 2601.03579) §3.4, Eq. (16). The reference SpatiaLoc code has
+no UGFL, so the fusion follows the paper's text and MambaPlace's fine stage,
+the public code closest to it.
+
+Text side: token embeddings -> its own HintEncoder -> H [B, Q, D]
     (no Mamba and no scene graph on the text side of the fine stage).
-Cell side (§2.2, §2.4): the coarse stage's object inputs (a ``CellBank.batch``)
+Cell side: the coarse stage's object inputs (a ``CellBank.batch``)
     -> its own ObjectEncoder -> L2-normalised O [B, N, D].
-Fusion (§8.5), ``rounds`` = 2 times::
+Fusion (alternating cross-attention and Mamba, paper §3.4), ``rounds`` = 2 times::
 
     O <- TDL(O, memory H)          objects attend to hints (self-attn, cross-attn, FFN)
     O <- O + Mamba2_O(LN(O))       along the object axis; forward and reversed scan averaged
@@ -13,17 +17,18 @@ Fusion (§8.5), ``rounds`` = 2 times::
 
     f_u = max over valid hints of H            [B, D]
     delta = MLP(f_u)                           [B, 2]  offset from the cell centre
-    lambda = clamp(softplus(MLP(f_u)) + 1e-3, 1e-3, 1e3)   [B] precision (§8.1)
+    lambda = clamp(softplus(MLP(f_u)) + 1e-3, 1e-3, 1e3)   [B] precision (Eq. (16))
 
 The cross-attention output is what enters each Mamba's state (the "injection"
-of §8.1). Mambas are batch-first (the reference code scanned across the batch,
-§8.3) and have their own weights per round and axis (``ugfl_share_mamba`` =
-false, §8.5). Objects are a set, so the object Mamba averages a scan over the
-valid objects with one over them in reverse order, and training shuffles them
-(§2.4, §12 #17). Every attention gets key-padding masks and the Mambas skip
-padded steps, so padded objects and hints never change a result (a flag for
-the reference code's unmasked padding, §8.5 ``fine_mask_padding``, is not
-kept: padding here is real padding, not "pad" objects).
+of paper §3.4). Mambas are batch-first (MambaPlace's code scanned across the
+batch) and have their own weights per round and axis (MambaPlace shares one).
+Objects are a set, so the object Mamba averages a scan over the valid objects
+with one over them in reverse order, and training shuffles them (the reference
+code's fine training puts the hinted objects first, which leaks the answer to
+an order-sensitive model). Every attention gets key-padding masks and the
+Mambas skip padded steps, so padded objects and hints never change a result
+(nothing reproduces the reference code's unmasked padding: padding here is
+real padding, not "pad" objects).
 
 Position: the predicted cell-normalised xy is (0.5, 0.5) + delta, in the frame
 of :meth:`Cell.to_cell <spatialoc_ros.data.schema.Cell.to_cell>` (and of the
@@ -46,7 +51,7 @@ from .object_encoder import ObjectEncoder
 
 __all__ = ["FineConfig", "FineModel", "FineOutputs", "MIN_PRECISION", "MAX_PRECISION"]
 
-MIN_PRECISION, MAX_PRECISION = 1e-3, 1e3  # lambda floor (softplus + 1e-3) and safety clamp (§8.5)
+MIN_PRECISION, MAX_PRECISION = 1e-3, 1e3  # lambda floor (softplus + 1e-3) and safety clamp
 
 
 @dataclass
@@ -71,7 +76,8 @@ class FineConfig:
 
 @dataclass
 class FineOutputs:
-    """offset [B, 2]: delta from the cell centre, cell-normalised; precision [B]: lambda > 0, or None."""
+    """offset [B, 2]: delta from the cell centre, cell-normalised; precision [B]: lambda > 0, or
+    None."""
 
     offset: torch.Tensor
     precision: Optional[torch.Tensor] = None
@@ -96,7 +102,8 @@ def reverse_valid(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 class MambaResidual(nn.Module):
-    """x + Mamba2(LN(x)) over a padded sequence [B, L, D]; bidirectional = mean of both scan orders.
+    """x + Mamba2(LN(x)) over a padded sequence [B, L, D]; bidirectional = mean of both scan
+    orders.
 
     Both directions share the mixer's weights: the reversed pass is the same
     scan read from the last valid element to the first.
@@ -105,7 +112,7 @@ class MambaResidual(nn.Module):
     def __init__(self, d: int, bidirectional: bool):
         super().__init__()
         self.norm = nn.LayerNorm(d)
-        self.mamba = make_mamba2(d)  # d_state 128, d_conv 4, expand 4, headdim 64 (§1.6)
+        self.mamba = make_mamba2(d)  # d_state 128, d_conv 4, expand 4, headdim 64 (see .mamba)
         self.bidirectional = bidirectional
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -119,20 +126,24 @@ class MambaResidual(nn.Module):
 
 
 class UGFLRound(nn.Module):
-    """One round of the alternating fusion: objects <- hints, then hints <- objects (§8.5)."""
+    """One round of the alternating fusion: objects <- hints, then hints <- objects."""
 
     def __init__(self, d: int, heads: int, bidirectional: bool, dropout: float = 0.1):
         super().__init__()
-        self.objects_attend = nn.TransformerDecoderLayer(d, heads, 4 * d, dropout, batch_first=True)
+        self.objects_attend = nn.TransformerDecoderLayer(d, heads, 4 * d, dropout,
+                                                         batch_first=True)
         self.objects_mamba = MambaResidual(d, bidirectional)
-        self.hints_attend = nn.TransformerDecoderLayer(d, heads, 4 * d, dropout, batch_first=True)
+        self.hints_attend = nn.TransformerDecoderLayer(d, heads, 4 * d, dropout,
+                                                       batch_first=True)
         self.hints_mamba = MambaResidual(d, bidirectional=False)
 
     def forward(self, h, hint_mask, o, object_mask) -> Tuple[torch.Tensor, torch.Tensor]:
         hint_pad, object_pad = ~hint_mask, ~object_mask
-        o = self.objects_attend(o, h, tgt_key_padding_mask=object_pad, memory_key_padding_mask=hint_pad)
+        o = self.objects_attend(o, h, tgt_key_padding_mask=object_pad,
+                                memory_key_padding_mask=hint_pad)
         o = self.objects_mamba(o * object_mask.unsqueeze(-1), object_mask)
-        h = self.hints_attend(h, o, tgt_key_padding_mask=hint_pad, memory_key_padding_mask=object_pad)
+        h = self.hints_attend(h, o, tgt_key_padding_mask=hint_pad,
+                              memory_key_padding_mask=object_pad)
         h = self.hints_mamba(h * hint_mask.unsqueeze(-1), hint_mask)
         return h, o
 
@@ -142,7 +153,8 @@ def _head(d: int, out: int) -> nn.Sequential:
 
 
 class FineModel(nn.Module):
-    """Hints of a query and the objects of one cell -> offset of the pose from the cell centre (+ lambda)."""
+    """Hints of a query and the objects of one cell -> offset of the pose from the cell centre
+    (+ lambda)."""
 
     def __init__(self, cfg: Optional[FineConfig] = None):
         super().__init__()
@@ -153,13 +165,16 @@ class FineModel(nn.Module):
         self.fusion = nn.ModuleList(UGFLRound(cfg.d, cfg.heads, cfg.bidirectional_mamba)
                                     for _ in range(cfg.rounds))
         self.offset_head = _head(cfg.d, 2)
-        # the untrained model predicts the cell centre, the coarse-only baseline of §9.4
+        # the untrained model predicts the cell centre: the coarse-only baseline, in which each
+        # retrieved cell predicts its centre
         nn.init.zeros_(self.offset_head[-1].weight)
         nn.init.zeros_(self.offset_head[-1].bias)
         self.precision_mlp = _head(cfg.d, 1) if cfg.precision_head else None
 
-    def encode_text(self, tokens, token_mask, hint_index, hint_mask) -> Tuple[torch.Tensor, torch.Tensor]:
-        """tokens [S, L, Dt], token_mask [S, L]; hint_index / hint_mask [B, Q] -> (H [B, Q, D], hint_mask).
+    def encode_text(self, tokens, token_mask, hint_index,
+                    hint_mask) -> Tuple[torch.Tensor, torch.Tensor]:
+        """tokens [S, L, Dt], token_mask [S, L]; hint_index / hint_mask [B, Q] -> (H [B, Q, D],
+        hint_mask).
 
         Each sentence row of ``tokens`` is encoded once however many queries
         point at it, so one query against K cells repeats only ``hint_index``.
@@ -167,14 +182,17 @@ class FineModel(nn.Module):
         check_padding_mask(hint_mask, hint_index.shape[1])
         return self.hints(tokens, token_mask, hint_index, hint_mask), hint_mask
 
-    def encode_cells(self, point_features, colors, centers, counts, mask) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Padded object inputs [B, N, ...] and mask [B, N] -> (L2-normalised O [B, N, D], mask)."""
+    def encode_cells(self, point_features, colors, centers, counts,
+                     mask) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Padded object inputs [B, N, ...] and mask [B, N] -> (L2-normalised O [B, N, D],
+        mask)."""
         check_padding_mask(mask, mask.shape[1])
         o = self.objects(point_features, colors, centers, counts, mask)
         return l2_normalize(o, mask), mask
 
     def locate(self, h, hint_mask, o, object_mask) -> FineOutputs:
-        """Fuse encoded hints [B, Q, D] and objects [B, N, D] (row b with row b) into the outputs."""
+        """Fuse encoded hints [B, Q, D] and objects [B, N, D] (row b with row b) into the
+        outputs."""
         for block in self.fusion:
             h, o = block(h, hint_mask, o, object_mask)
         f_u = masked_max(h, hint_mask)
@@ -186,7 +204,8 @@ class FineModel(nn.Module):
         return FineOutputs(offset=offset, precision=precision)
 
     def forward(self, text: dict, cells: dict) -> FineOutputs:
-        """Paired batch: ``text`` from ``text_batch(cache, hints)``, ``cells`` from ``CellBank.batch(rows)``."""
+        """Paired batch: ``text`` from ``text_batch(cache, hints)``, ``cells`` from
+        ``CellBank.batch(rows)``."""
         h, hint_mask = self.encode_text(**text)
         o, object_mask = self.encode_cells(**cells)
         return self.locate(h, hint_mask, o, object_mask)

@@ -1,6 +1,7 @@
 """Localization -> ROS messages: the pose as AMCL publishes it, and the full result.
 
-Pose conventions (``ros2_conventions_and_users.md`` §3.2): identity quaternion
+Pose conventions (those of nav2 AMCL's ``amcl_pose``; README.md, "The ROS 2
+node"): identity quaternion
 (text carries no heading); covariance row-major 6x6 over (x, y, z, roll,
 pitch, yaw) in m² and rad², with the x/y block from the model, z/roll/pitch 0
 (RViz then draws a flat ellipse) and yaw a configured variance. Every entry is
@@ -48,7 +49,8 @@ def pose_covariance(cov_xy, yaw_variance: float) -> List[float]:
     yaw = float(yaw_variance)
     yaw = MAX_COVARIANCE if not math.isfinite(yaw) else min(max(yaw, 0.0), MAX_COVARIANCE)
     out = [0.0] * 36
-    out[XX], out[XY], out[YX], out[YY] = float(c[0, 0]), float(c[0, 1]), float(c[1, 0]), float(c[1, 1])
+    out[XX], out[XY] = float(c[0, 0]), float(c[0, 1])
+    out[YX], out[YY] = float(c[1, 0]), float(c[1, 1])
     out[YAW] = yaw
     return out
 
@@ -56,7 +58,8 @@ def pose_covariance(cov_xy, yaw_variance: float) -> List[float]:
 def pose_with_covariance(position, cov_xy, yaw_variance: float) -> PoseWithCovariance:
     """Position (x, y, z in metres) with the identity orientation and the covariance above."""
     msg = PoseWithCovariance()
-    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in position[:3])
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v)
+                                                                     for v in position[:3])
     msg.pose.orientation.w = 1.0
     msg.covariance = pose_covariance(cov_xy, yaw_variance)
     return msg
@@ -65,7 +68,8 @@ def pose_with_covariance(position, cov_xy, yaw_variance: float) -> PoseWithCovar
 def pose_stamped(localization, header, yaw_variance: float) -> PoseWithCovarianceStamped:
     """The best hypothesis with the published covariance (fine variance + retrieval doubt)."""
     msg = PoseWithCovarianceStamped(header=header)
-    msg.pose = pose_with_covariance(localization.best.position, localization.covariance_xy, yaw_variance)
+    msg.pose = pose_with_covariance(localization.best.position, localization.covariance_xy,
+                                    yaw_variance)
     return msg
 
 
@@ -88,8 +92,10 @@ def result_msg(header, query: str, status: int, reason: str = "", localization=N
 
 
 def status_code(name: str) -> int:
-    """``"EMPTY_QUERY"`` -> LocalizationResult.STATUS_EMPTY_QUERY; unknown names are INTERNAL_ERROR."""
-    return int(getattr(LocalizationResult, f"STATUS_{name}", LocalizationResult.STATUS_INTERNAL_ERROR))
+    """``"EMPTY_QUERY"`` -> LocalizationResult.STATUS_EMPTY_QUERY; unknown names are
+    INTERNAL_ERROR."""
+    return int(getattr(LocalizationResult, f"STATUS_{name}",
+                       LocalizationResult.STATUS_INTERNAL_ERROR))
 
 
 def confidence(localization, max_sigma_m: float) -> Optional[str]:

@@ -1,4 +1,5 @@
-"""The parameter table (:mod:`.parameters`) as ROS parameters: declared with descriptors, read back.
+"""The parameter table (:mod:`.parameters`) as ROS parameters: declared with descriptors, read
+back.
 
 Descriptors carry the description and numeric bounds, so a parameter tool can
 show them and rclpy refuses out-of-range values. ``scenes`` is declared by type
@@ -16,15 +17,18 @@ from .parameters import PARAMETERS, Settings
 
 
 def descriptor(param) -> ParameterDescriptor:
-    """A ParameterDescriptor with the description, the allowed strings and the bounds of ``param``."""
+    """A ParameterDescriptor with the description, the allowed strings and the bounds of
+    ``param``."""
     text = param.description
     if param.choices:
         text += f" (one of: {', '.join(param.choices)})"
     d = ParameterDescriptor(description=text)
     if param.range is not None and isinstance(param.default, float):
         lo, hi = param.range
-        d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
-    elif param.range is not None and isinstance(param.default, int) and not isinstance(param.default, bool):
+        d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi),
+                                                     step=0.0)]
+    elif (param.range is not None and isinstance(param.default, int)
+          and not isinstance(param.default, bool)):
         lo, hi = param.range
         d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
     return d
@@ -38,7 +42,8 @@ def declare_parameters(node) -> None:
 
 
 def read_settings(node) -> Settings:
-    """The current parameter values as Settings; raises SpatialocError for a value outside its choices."""
+    """The current parameter values as Settings; raises SpatialocError for a value outside its
+    choices."""
     values = {}
     for param in PARAMETERS:
         try:

@@ -1,4 +1,5 @@
-"""``make demo``: the localizer node in its own process, queried over DDS as a speech-to-text node would.
+"""``make demo``: the localizer node in its own process, queried over DDS as a
+speech-to-text node would.
 
 1. Start ``spatialoc-localizer`` on the demo map (its own process, its own DDS
    domain, discovery limited to this host) with the shipped weights, sentences
@@ -21,7 +22,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -31,7 +32,8 @@ from ..data.constants import VAL_SCENES
 
 NODE = "spatialoc_localizer"
 NAMESPACE = "/spatialoc"
-PROBE = "The pose is north of a gray building."  # asked until the node answers it (it is then active)
+# asked until the node answers it (it is then active)
+PROBE = "The pose is north of a gray building."
 
 
 @dataclass
@@ -43,7 +45,8 @@ class _Hyp:
 
 @dataclass
 class Answer:
-    """What came back for one query, shaped like the parts of ``inference.Localization`` that are drawn."""
+    """What came back for one query, shaped like the parts of ``inference.Localization`` that are
+    drawn."""
 
     text: str
     hints: List[str]
@@ -66,18 +69,21 @@ class Answer:
 
 
 def pick_queries(map_dir: str, scene: Optional[str], count: int, seed: int):
-    """``count`` poses of the map (one scene), spread over it, with their texts and true positions."""
+    """``count`` poses of the map (one scene), spread over it, with their texts and true
+    positions."""
     from ..data.kitti360pose import available_scenes, load_scene
 
     scenes = [scene] if scene else available_scenes(map_dir)
     data = load_scene(map_dir, scenes[0])
     rng = np.random.default_rng(seed)
-    picked = sorted(rng.choice(len(data.poses), min(count, len(data.poses)), replace=False).tolist())
+    picked = sorted(rng.choice(len(data.poses), min(count, len(data.poses)),
+                               replace=False).tolist())
     return scenes[0], [data.poses[i] for i in picked]
 
 
 def utterances(text: str, split: bool) -> List[str]:
-    """The messages a speech-to-text node would send: the whole text, or two sentences at a time."""
+    """The messages a speech-to-text node would send: the whole text, or two sentences at a
+    time."""
     from ..networks.text_encoder import split_sentences
 
     if not split:
@@ -86,11 +92,14 @@ def utterances(text: str, split: bool) -> List[str]:
     return [" ".join(sentences[i:i + 2]) for i in range(0, len(sentences), 2)]
 
 
-def start_node(map_dir, weights, scene, params_file, env, log_path, accumulate: bool = True) -> subprocess.Popen:
+def start_node(map_dir, weights, scene, params_file, env, log_path,
+               accumulate: bool = True) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("spatialoc-localizer")
     cmd = [str(exe), "--ros-args", "--params-file", str(params_file),
-           "-p", f"map_path:={map_dir}", "-p", f"weights_dir:={weights}", "-p", f"scenes:=['{scene}']",
-           "-p", f"accumulate:={'true' if accumulate else 'false'}", "-p", "silence_timeout_s:=1.5",
+           "-p", f"map_path:={map_dir}", "-p", f"weights_dir:={weights}",
+           "-p", f"scenes:=['{scene}']",
+           "-p", f"accumulate:={'true' if accumulate else 'false'}",
+           "-p", "silence_timeout_s:=1.5",
            "-p", "max_hints:=6", "-r", f"__ns:={NAMESPACE}"]
     log = open(log_path, "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -103,23 +112,28 @@ class NodeSession:
     log's path) if the node does not subscribe or become active in time.
     """
 
-    def __init__(self, map_dir, weights, scene, params_file, log_path, domain_id: Optional[int] = None,
-                 accumulate: bool = True, startup_timeout_s: float = 600.0):
+    def __init__(self, map_dir, weights, scene, params_file, log_path,
+                 domain_id: Optional[int] = None, accumulate: bool = True,
+                 startup_timeout_s: float = 600.0):
         self.args = (map_dir, weights, scene, params_file)
-        self.log_path, self.accumulate, self.timeout = Path(log_path), accumulate, startup_timeout_s
+        self.log_path, self.accumulate, self.timeout = (Path(log_path), accumulate,
+                                                        startup_timeout_s)
         domain = domain_id if domain_id is not None else random.Random().randint(100, 200)
-        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain),
+                        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
         self.env.pop("ROS_LOCALHOST_ONLY", None)
 
     def __enter__(self):
-        os.environ.update({k: self.env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+        os.environ.update({k: self.env[k]
+                           for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
         os.environ.pop("ROS_LOCALHOST_ONLY", None)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.node = start_node(*self.args, self.env, self.log_path, self.accumulate)
         self.client = Client()
         try:
             if not self.client.wait_for_node(60.0):
-                raise RuntimeError(f"the node did not subscribe to its query topic; see {self.log_path}")
+                raise RuntimeError(f"the node did not subscribe to its query topic; see "
+                                   f"{self.log_path}")
             started = time.monotonic()
             while True:  # the node answers NOT_READY (5) until it is active
                 probe = self.client.ask(PROBE, [PROBE], 10.0)
@@ -148,7 +162,8 @@ def measure_dds_latency(map_dir="data/demo_map", weights="models", scene=VAL_SCE
                         log_path="out/bench_node.log") -> dict:
     """Median and 95th percentile of query-to-pose latency over DDS (one message per query)."""
     _, poses = pick_queries(map_dir, scene, queries, seed)
-    with NodeSession(map_dir, weights, scene, params_file, log_path, accumulate=False) as (_, client, startup):
+    with NodeSession(map_dir, weights, scene, params_file, log_path,
+                     accumulate=False) as (_, client, startup):
         latencies = []
         for pose in poses:
             ans = client.ask(pose.text, [pose.text], 60.0)
@@ -177,12 +192,14 @@ class Client:
         self.node = rclpy.create_node("speech_to_text_demo", namespace=NAMESPACE)
         latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.pub = self.node.create_publisher(String, "query", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.pub = self.node.create_publisher(
+            String, "query", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self.results: List = []
         self.poses: Dict[tuple, object] = {}
         self.node.create_subscription(LocalizationResult, "result", self.results.append, latched)
         self.node.create_subscription(PoseWithCovarianceStamped, "pose",
-                                      lambda m: self.poses.__setitem__(_stamp(m.header), (m, time.monotonic())),
+                                      lambda m: self.poses.__setitem__(_stamp(m.header),
+                                                                       (m, time.monotonic())),
                                       latched)
         self.String = String
 
@@ -198,7 +215,8 @@ class Client:
         return self.spin_until(lambda: self.pub.get_subscription_count() > 0, timeout_s)
 
     def ask(self, text: str, parts: List[str], timeout_s: float) -> Optional[Answer]:
-        """Send the utterances; the answer is the first new result for this text (whitespace aside)."""
+        """Send the utterances; the answer is the first new result for this text (whitespace
+        aside)."""
         seen = len(self.results)
         key = " ".join(text.split())
 
@@ -218,7 +236,8 @@ class Client:
             self.spin_until(lambda: _stamp(res.header) in self.poses, 2.0)
             got = self.poses.get(_stamp(res.header))
         hyps = [_Hyp(h.rank, h.cell_id, np.array([h.pose.pose.position.x, h.pose.pose.position.y,
-                                                   h.pose.pose.position.z])) for h in res.hypotheses]
+                                                  h.pose.pose.position.z]))
+                for h in res.hypotheses]
         cov = np.eye(2)
         latency = float("nan")
         if got is not None:
@@ -228,8 +247,8 @@ class Client:
             latency = 1e3 * (received - sent)
         from ..networks.text_encoder import split_sentences
 
-        return Answer(res.query, split_sentences(res.query), hyps, cov, res.status, res.reason, latency,
-                      res.latency_ms)
+        return Answer(res.query, split_sentences(res.query), hyps, cov, res.status, res.reason,
+                      latency, res.latency_ms)
 
     def close(self):
         self.node.destroy_node()
@@ -241,7 +260,8 @@ def _stamp(header) -> tuple:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="spatialoc-demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="spatialoc-demo",
+                                description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--map", default="data/demo_map")
     p.add_argument("--scene", default=VAL_SCENES[0])
     p.add_argument("--weights", default="models")
@@ -249,9 +269,11 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=6)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", default="out/demo_localization.png")
-    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds for the node to become active")
+    p.add_argument("--startup-timeout", type=float, default=600.0,
+                   help="seconds for the node to become active")
     p.add_argument("--domain-id", type=int, default=None,
-                   help="DDS domain of the demo (default: a random one in 100-200, away from a robot's)")
+                   help="DDS domain of the demo (default: a random one in 100-200, away from a "
+                        "robot's)")
     args = p.parse_args(argv)
 
     scene, poses = pick_queries(args.map, args.scene, args.queries, args.seed)
@@ -271,13 +293,14 @@ def main(argv=None) -> int:
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 2
-    ok = [i for i, a in enumerate(answers) if a is not None and a.status in (0, 1) and a.hypotheses]
+    ok = [i for i, a in enumerate(answers)
+          if a is not None and a.status in (0, 1) and a.hypotheses]
     if ok:
         _draw(args.map, scene, poses, answers, args.out)
         errs = [np.linalg.norm(answers[i].best.position[:2] - poses[i].pose_w[:2]) for i in ok]
         lat = [answers[i].latency_ms for i in ok]
-        print(f"\n{len(ok)}/{len(poses)} queries answered; median error {np.median(errs):.1f} m; median "
-              f"latency query-to-pose {np.median(lat):.0f} ms over DDS")
+        print(f"\n{len(ok)}/{len(poses)} queries answered; median error {np.median(errs):.1f} m; "
+              f"median latency query-to-pose {np.median(lat):.0f} ms over DDS")
         print(f"picture: {args.out}")
     return 0 if len(ok) == len(poses) else 1
 
@@ -304,8 +327,9 @@ def _draw(map_dir, scene, poses, answers, out) -> None:
     cells = {c.id: c for c in load_scene(map_dir, scene).cells}
     shown = [Shown(a, p.pose_w[:2], f"{i + 1}") for i, (a, p) in enumerate(zip(answers, poses))
              if a is not None and a.hypotheses]
-    draw_localizations(shown, cells, out, title=f"{len(shown)} spoken queries, scene {scene}: prediction "
-                                                f"(1σ, 2σ ellipses) and ground truth")
+    draw_localizations(shown, cells, out,
+                       title=f"{len(shown)} spoken queries, scene {scene}: prediction "
+                             f"(1σ, 2σ ellipses) and ground truth")
 
 
 if __name__ == "__main__":

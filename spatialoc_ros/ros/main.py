@@ -48,7 +48,8 @@ def main(args=None) -> int:
         if node.context.ok():
             raise
     finally:
-        # Order of ros2_pip_environment.md: worker, executor, node, context.
+        # In this order: worker, executor, node, context (rclpy raises in a thread that
+        # still spins when the context goes first).
         node.release()
         executor.shutdown()
         node.destroy_node()

@@ -30,7 +30,8 @@ def _hex_rgb(color: str) -> Tuple[int, int, int]:
 
 
 def _unique_rows(xyz: np.ndarray, grid: float) -> np.ndarray:
-    """Indices of the first point in each ``grid``-sized voxel (points closer than a voxel collapse)."""
+    """Indices of the first point in each ``grid``-sized voxel (points closer than a voxel
+    collapse)."""
     if len(xyz) == 0:
         return np.zeros(0, dtype=np.int64)
     q = np.floor((xyz - xyz.min(axis=0)) / grid).astype(np.int64)
@@ -42,7 +43,8 @@ def _unique_rows(xyz: np.ndarray, grid: float) -> np.ndarray:
 
 
 def map_points(cells: Sequence, max_points: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """(xyz float32 [N, 3] world metres, rgb uint8 [N, 3]) of the cells' objects, N <= max_points."""
+    """(xyz float32 [N, 3] world metres, rgb uint8 [N, 3]) of the cells' objects,
+    N <= max_points."""
     xyz, rgb = [], []
     for cell in cells:
         for obj in cell.objects:
@@ -71,7 +73,8 @@ def xyzrgb_cloud(header, xyz: np.ndarray, rgb: np.ndarray) -> PointCloud2:
     """An unordered PointCloud2 (height 1) with fields x, y, z, rgb; 16 bytes per point."""
     points = np.zeros(len(xyz), dtype=POINT_DTYPE)
     if len(xyz):
-        points["x"], points["y"], points["z"] = (np.asarray(xyz, np.float32)[:, i] for i in range(3))
+        points["x"], points["y"], points["z"] = (np.asarray(xyz, np.float32)[:, i]
+                                                 for i in range(3))
         points["rgb"] = pack_rgb(rgb)
     try:
         from sensor_msgs_py import point_cloud2

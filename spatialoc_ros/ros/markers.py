@@ -44,7 +44,8 @@ def yaw_quaternion(yaw: float) -> Quaternion:
 
 
 def ellipse_axes(cov_xy):
-    """(major diameter, minor diameter, yaw of the major axis) of the 1-sigma ellipse, metres/radians."""
+    """(major diameter, minor diameter, yaw of the major axis) of the 1-sigma ellipse,
+    metres/radians."""
     values, vectors = np.linalg.eigh(safe_covariance_xy(cov_xy))  # ascending
     major, minor = (2.0 * math.sqrt(max(float(v), 0.0)) for v in values[::-1])
     return major, minor, math.atan2(vectors[1, 1], vectors[0, 1])
@@ -63,7 +64,8 @@ def _marker(header, ns: str, mid: int, kind: int, color: ColorRGBA) -> Marker:
 
 
 def localization_markers(localization, cells_by_id, header) -> MarkerArray:
-    """The markers of one answer (see module docstring); ``cells_by_id``: the loaded map's cells."""
+    """The markers of one answer (see module docstring); ``cells_by_id``: the loaded map's
+    cells."""
     markers: List[Marker] = [Marker(header=header, action=Marker.DELETEALL)]
     hyps = localization.hypotheses
     for h in hyps:
@@ -85,10 +87,12 @@ def localization_markers(localization, cells_by_id, header) -> MarkerArray:
     markers.append(sphere)
 
     major, minor, yaw = ellipse_axes(localization.covariance_xy)
-    ellipse = _marker(header, "ellipse", 0, Marker.CYLINDER, ColorRGBA(r=0.1, g=0.4, b=1.0, a=0.35))
+    ellipse = _marker(header, "ellipse", 0, Marker.CYLINDER,
+                      ColorRGBA(r=0.1, g=0.4, b=1.0, a=0.35))
     ellipse.pose.position = Point(x=x, y=y, z=z)
     ellipse.pose.orientation = yaw_quaternion(yaw)
-    ellipse.scale.x, ellipse.scale.y, ellipse.scale.z = max(major, 1e-3), max(minor, 1e-3), ELLIPSE_HEIGHT_M
+    ellipse.scale.x, ellipse.scale.y, ellipse.scale.z = (max(major, 1e-3), max(minor, 1e-3),
+                                                         ELLIPSE_HEIGHT_M)
     markers.append(ellipse)
 
     cell = cells_by_id.get(best.cell_id)
@@ -99,7 +103,8 @@ def localization_markers(localization, cells_by_id, header) -> MarkerArray:
             pts = cell.to_world(obj.xyz)
             lo, hi = pts.min(axis=0), pts.max(axis=0)
             r, g, b = (float(v) for v in obj.color_rgb)
-            box = _marker(header, "hinted_objects", i, Marker.CUBE, ColorRGBA(r=r, g=g, b=b, a=0.6))
+            box = _marker(header, "hinted_objects", i, Marker.CUBE,
+                          ColorRGBA(r=r, g=g, b=b, a=0.6))
             box.pose.position = Point(x=float((lo[0] + hi[0]) / 2), y=float((lo[1] + hi[1]) / 2),
                                       z=float((lo[2] + hi[2]) / 2))
             box.scale.x, box.scale.y, box.scale.z = (float(v) for v in np.maximum(hi - lo, 0.2))
@@ -113,7 +118,8 @@ def localization_markers(localization, cells_by_id, header) -> MarkerArray:
             markers.append(label)
 
     text = localization.text
-    query = _marker(header, "query", 0, Marker.TEXT_VIEW_FACING, ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0))
+    query = _marker(header, "query", 0, Marker.TEXT_VIEW_FACING,
+                    ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0))
     query.pose.position = Point(x=x, y=y, z=z + TEXT_LIFT_M)
     query.scale.z = TEXT_HEIGHT_M
     query.text = text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS - 3] + "..."

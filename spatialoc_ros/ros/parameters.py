@@ -20,7 +20,8 @@ Value = Union[bool, int, float, str, List[str]]
 
 @dataclass(frozen=True)
 class Parameter:
-    """One node parameter. ``range`` bounds numbers (inclusive); ``choices`` lists allowed strings."""
+    """One node parameter. ``range`` bounds numbers (inclusive); ``choices`` lists allowed
+    strings."""
 
     name: str
     default: Value
@@ -31,11 +32,14 @@ class Parameter:
 
 PARAMETERS: Tuple[Parameter, ...] = (
     Parameter("autostart", True,
-              "walk to the active state by itself at start-up (false: wait for a lifecycle manager)"),
+              "walk to the active state by itself at start-up (false: wait for a lifecycle "
+              "manager)"),
     Parameter("map_path", "data/demo_map",
-              "KITTI360Pose map folder (cells/ and poses/); relative paths start in the working directory"),
+              "KITTI360Pose map folder (cells/ and poses/); relative paths start in the working "
+              "directory"),
     Parameter("scenes", [],
-              "scenes of the map to load, full or 4-digit short names; empty: all scenes of the folder"),
+              "scenes of the map to load, full or 4-digit short names; empty: all scenes of the "
+              "folder"),
     Parameter("weights_dir", "models",
               "folder with the trained weights (pointnet, coarse, fine .safetensors + .json)"),
     Parameter("cache_dir", "",
@@ -43,28 +47,36 @@ PARAMETERS: Tuple[Parameter, ...] = (
     Parameter("device", "auto", "where the model runs: auto (cuda when available), cpu or cuda",
               choices=("auto", "cpu", "cuda")),
     Parameter("top_k", 10, "hypotheses (retrieved cells, each refined) per query", range=(1, 100)),
-    Parameter("frame_id", "map", "frame of the published poses, results and markers (REP-105 map frame)"),
+    Parameter("frame_id", "map",
+              "frame of the published poses, results and markers (REP-105 map frame)"),
     Parameter("yaw_variance", math.pi ** 2,
-              "yaw variance (rad^2) in the pose covariance: text carries no heading", range=(0.0, 1e9)),
+              "yaw variance (rad^2) in the pose covariance: text carries no heading",
+              range=(0.0, 1e9)),
     Parameter("low_confidence_sigma_m", 20.0,
               "1-sigma radius (m) above which a localized query is reported as LOW_CONFIDENCE",
               range=(0.0, 1e9)),
     Parameter("publish_low_confidence_pose", True,
               "also publish the pose of LOW_CONFIDENCE results (its covariance shows the doubt)"),
     Parameter("max_query_chars", DEFAULT_MAX_CHARS,
-              "longest accepted query in characters; longer ones get QUERY_TOO_LONG", range=(1, 1_000_000)),
+              "longest accepted query in characters; longer ones get QUERY_TOO_LONG",
+              range=(1, 1_000_000)),
     Parameter("max_hints", DEFAULT_MAX_HINTS,
-              "most sentences per query; with accumulate, a query closes when this many have arrived",
+              "most sentences per query; with accumulate, a query closes when this many have "
+              "arrived",
               range=(1, 1000)),
     Parameter("queue_size", 10,
               "queries waiting for the model; when full the oldest is dropped (DROPPED result)",
               range=(1, 10_000)),
     Parameter("accumulate", False,
-              "join the sentences of consecutive query messages (one utterance per message) into one query"),
+              "join the sentences of consecutive query messages (one utterance per message) into "
+              "one query"),
     Parameter("silence_timeout_s", 1.5,
-              "with accumulate: seconds without a new message that close the query", range=(0.01, 3600.0)),
-    Parameter("publish_markers", True, "publish RViz markers (cells, best position and ellipse, hinted objects)"),
-    Parameter("publish_map_cloud", True, "publish the map's object points, coloured by class, once (latched)"),
+              "with accumulate: seconds without a new message that close the query",
+              range=(0.01, 3600.0)),
+    Parameter("publish_markers", True,
+              "publish RViz markers (cells, best position and ellipse, hinted objects)"),
+    Parameter("publish_map_cloud", True,
+              "publish the map's object points, coloured by class, once (latched)"),
     Parameter("map_cloud_max_points", 200_000, "most points in the map cloud (evenly subsampled)",
               range=(1, 100_000_000)),
     Parameter("diagnostics_period_s", 1.0, "seconds between two messages on /diagnostics",
@@ -106,7 +118,9 @@ class Settings:
         if unknown:
             raise KeyError(f"unknown parameters: {', '.join(sorted(unknown))}")
         merged = {p.name: values.get(p.name, p.default) for p in PARAMETERS}
-        return cls(**{n: list(v) if isinstance(v, (list, tuple)) else v for n, v in merged.items()})
+        return cls(**{n: list(v) if isinstance(v, (list, tuple)) else v
+                      for n, v in merged.items()})
 
 
-assert [f.name for f in fields(Settings)] == [p.name for p in PARAMETERS], "Settings and PARAMETERS differ"
+assert ([f.name for f in fields(Settings)]
+        == [p.name for p in PARAMETERS]), "Settings and PARAMETERS differ"

@@ -54,7 +54,8 @@ class QueryBuffer:
             return dropped
 
     def pop(self, timeout: Optional[float] = None) -> Optional[PendingQuery]:
-        """The oldest query; waits up to ``timeout`` s; None when none came or the buffer is closed."""
+        """The oldest query; waits up to ``timeout`` s; None when none came or the buffer is
+        closed."""
         with self._cond:
             if not self._items and not self._closed:
                 self._cond.wait(timeout)
