@@ -232,21 +232,43 @@ RUN = dict(epochs=2, batch_size=4, lr=1e-3, seed=0, device="cpu", max_objects=8,
            max_eval_objects=8)
 
 
-def test_training_writes_the_best_checkpoint_with_metrics(tiny_dataset, tmp_path):
+def test_training_writes_the_best_checkpoint_with_metrics(tiny_dataset, tmp_path, capsys):
+    paths(tmp_path / "pointnet_last")[1].write_text("{}")  # an earlier version's resume file
     metrics = T.train_pointnet(tiny_dataset, tmp_path, **{**RUN, "epochs": 1})
+    assert "earlier resume format, not read; training starts afresh" in capsys.readouterr().out
     assert metrics["epochs"] == 1 and metrics["best_epoch"] == 1
     assert 0 <= metrics["test_accuracy"] <= 1 and 0 <= metrics["val_accuracy"] <= 1
     assert set(metrics["val_per_class"]) == set(CLASS_NAMES)
     config = load_config(tmp_path / "pointnet")
     assert config["architecture"] == P.PointNet2().config()
     assert config["classes"] == CLASS_NAMES
-    assert config["training"]["seed"] == 0 and config["training"]["data"].endswith(tiny_dataset.name)
+    assert config["training"]["seed"] == 0
+    assert config["training"]["data"].endswith(tiny_dataset.name)
     assert config["metrics"]["test"]["objects"] == 8 and config["date"]
+    assert list(config["metrics"]["history"][0]) == [
+        "epoch", "loss", "train_accuracy", "val_accuracy", "val_mean_class_accuracy", "objects",
+        "train_s"]
+    assert (tmp_path / "pointnet_last.pt").exists()
     json.dumps(config, allow_nan=False)
 
 
-def test_resume_continues_after_the_saved_epoch(tiny_dataset, tmp_path, monkeypatch, capsys):
-    straight = T.train_pointnet(tiny_dataset, tmp_path / "a", **RUN)
+def saved_run(out):
+    """What OUT/pointnet_last.pt holds: (run state, model weights)."""
+    saved = torch.load(out / "pointnet_last.pt", weights_only=True)
+    return json.loads(saved["state"]), saved["model"]
+
+
+def untimed(history):
+    return [{k: v for k, v in record.items() if k != "train_s"} for record in history]
+
+
+# Two batches of two objects per epoch: the smallest run that has an epoch 2 to resume into.
+SMALL_RUN = {**RUN, "batch_size": 2, "max_objects": 4, "max_eval_objects": 4}
+
+
+def test_a_run_interrupted_after_epoch_1_resumes_to_the_uninterrupted_state(
+        tiny_dataset, tmp_path, monkeypatch, capsys):
+    straight = T.train_pointnet(tiny_dataset, tmp_path / "a", **SMALL_RUN)
 
     evaluate, calls = T.evaluate, []
 
@@ -258,18 +280,29 @@ def test_resume_continues_after_the_saved_epoch(tiny_dataset, tmp_path, monkeypa
 
     monkeypatch.setattr(T, "evaluate", crash_on_second_validation)
     with pytest.raises(KeyboardInterrupt):
-        T.train_pointnet(tiny_dataset, tmp_path / "b", **RUN)
-    assert load_config(tmp_path / "b" / "pointnet_last")["state"]["epoch"] == 1
+        T.train_pointnet(tiny_dataset, tmp_path / "b", **SMALL_RUN)
+    assert saved_run(tmp_path / "b")[0]["epoch"] == 1
     monkeypatch.setattr(T, "evaluate", evaluate)
-    resumed = T.train_pointnet(tiny_dataset, tmp_path / "b", **{**RUN, "progress": True})
+    capsys.readouterr()
+    resumed = T.train_pointnet(tiny_dataset, tmp_path / "b", **{**SMALL_RUN, "progress": True})
     assert "resuming after epoch 1" in capsys.readouterr().out
     assert resumed == {**straight, "weights": resumed["weights"]}
-    history = load_config(tmp_path / "b" / "pointnet_last")["state"]["history"]
-    assert [h["epoch"] for h in history] == [1, 2]
-    from safetensors.torch import load_file
-    a, b = (load_file(paths(tmp_path / d / "pointnet_last")[0]) for d in "ab")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
-    with pytest.raises(SpatialocError, match="batch_size=4, not 8"):
-        T.train_pointnet(tiny_dataset, tmp_path / "b", **{**RUN, "batch_size": 8})
+    state_a, weights_a = saved_run(tmp_path / "a")
+    state_b, weights_b = saved_run(tmp_path / "b")
+    assert [h["epoch"] for h in state_b["history"]] == [1, 2] and state_b["epoch"] == 2
+    assert untimed(state_b["history"]) == untimed(state_a["history"])
+    assert (state_b["best"], state_b["best_epoch"]) == (state_a["best"], state_a["best_epoch"])
+    assert state_b["training"] == state_a["training"]
+    best_a, best_b = (load_config(tmp_path / d / "pointnet")["metrics"] for d in "ab")
+    best_a["history"], best_b["history"] = untimed(best_a["history"]), untimed(best_b["history"])
+    assert best_b == best_a
+    # Exact: epoch 2 starts in both runs from the same float32 weights and Adam moments (saved
+    # and loaded bit for bit), draws from the same generator ([seed, 0, epoch]) and runs the same
+    # CPU operations in the same order in one process, so no rounding can differ.
+    assert weights_b.keys() == weights_a.keys()
+    for k in weights_a:
+        torch.testing.assert_close(weights_b[k], weights_a[k], rtol=0, atol=0)
+
+    with pytest.raises(SpatialocError, match="batch_size=2, not 8"):
+        T.train_pointnet(tiny_dataset, tmp_path / "b", **{**SMALL_RUN, "batch_size": 8})

@@ -1,1 +1,2 @@
-"""Training: losses, the shared trainer skeleton and the PointNet++, coarse and fine trainers (on top of the core)."""
+"""Training: losses, the shared trainer skeleton (loop.py) and the PointNet++, coarse and fine
+trainers, on top of the core."""

@@ -26,7 +26,8 @@ from ..errors import SpatialocError
 from ..networks.coarse import CoarseConfig, CoarseModel
 from .losses import coarse_loss
 from .queries import augment, flip_sentence, size_grouped_batches
-from .runtime import copy_pointnet, load_last, save_last, start_run
+from .loop import fit
+from .runtime import copy_pointnet, start_run
 from ..core.text_cache import text_batch
 
 LOSS_TERMS = ("is", "io", "global")
@@ -71,7 +72,7 @@ def _sentences_with_flips(hint_lists) -> List[str]:
 
 
 def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
-    """Train, validate every epoch, keep the best; returns the best metrics."""
+    """Train, validate every epoch, keep the best (:func:`.loop.fit`); returns the run state."""
     from tqdm import tqdm
 
     from ..core.encoding import encode_gallery, encode_queries
@@ -83,84 +84,86 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
     if unknown or not cfg.losses:
         raise SpatialocError(f"--losses must name some of {', '.join(LOSS_TERMS)}")
     if cfg.model.global_only and set(cfg.losses) != {"global"}:
-        raise SpatialocError("the Global-only model trains the global loss alone (--losses global)")
+        raise SpatialocError("the Global-only model trains the global loss alone "
+                             "(--losses global)")
     rng, dist, out = start_run(cfg.seed, cfg.device, cfg.out)
     device = dist.device
 
-    run = load_run_data(cfg.data, cfg.cache, cfg.pointnet, cfg.text_encoder, cfg.model.max_objects, cfg.seed, rng,
-                        cfg.max_train_queries, cfg.max_val_queries, _sentences_with_flips, progress)
+    run = load_run_data(cfg.data, cfg.cache, cfg.pointnet, cfg.text_encoder, cfg.model.max_objects,
+                        cfg.seed, rng, cfg.max_train_queries, cfg.max_val_queries,
+                        _sentences_with_flips, progress)
     train, val, train_hints, val_hints = run.train, run.val, run.train_hints, run.val_hints
-    train_ids, val_ids, banks, pointnet_info, cache = run.train_ids, run.val_ids, run.banks, run.pointnet_info, run.text
+    train_ids, val_ids, banks, cache = run.train_ids, run.val_ids, run.banks, run.text
+    pointnet_info = run.pointnet_info
     cfg.model.token_dim = cache.hidden_size
     copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for `spatialoc eval`
     train_rows = np.zeros(len(train.poses), dtype=np.int64)
-    train_rows[train_ids] = banks["train"].rows([train.poses[i].cell_id for i in train_ids]).numpy()
+    train_rows[train_ids] = banks["train"].rows([train.poses[i].cell_id
+                                                 for i in train_ids]).numpy()
     val_gt = banks["val"].rows([p.cell_id for p in val.poses])
     sizes = banks["train"].mask.sum(1).numpy()[train_rows]
 
     model = CoarseModel(cfg.model)
-    standardise_counts(model, banks["train"])  # the point-count stream, with the training objects' statistics
+    # the point-count stream, with the training objects' statistics
+    standardise_counts(model, banks["train"])
     model = model.to(device)
     ddp = dist.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma)
-    last = out / "coarse_last.pt"
-    state = load_last(last, model, opt, sched)
-    if state is None:
-        state = {"epoch": 0, "best": -1.0, "history": []}
-    else:
-        rng = np.random.default_rng([cfg.seed, state["epoch"]])
-        if dist.main:
-            print(f"resuming after epoch {state['epoch']} (best val recall@{cfg.select} {state['best']:.3f})")
 
-    while state["epoch"] < cfg.epochs:
-        epoch = state["epoch"] + 1
-        model.train()
+    def begin(state):
+        nonlocal rng
+        if state["epoch"]:  # resumed: a generator of its own for the epochs to come
+            rng = np.random.default_rng([cfg.seed, state["epoch"]])
+
+    def train_epoch(epoch):
         batches = size_grouped_batches(sizes[train_ids], cfg.batch_size, rng)
-        batches = [train_ids[b] for b in batches if len(b) > 1][dist.rank::dist.world]
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not (progress and dist.main))
+        batches = dist.shard([train_ids[b] for b in batches if len(b) > 1])
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                   disable=not (progress and dist.main))
         t0, running = time.perf_counter(), []
         for ids in bar:
             flip_x, flip_y = rng.random(len(ids)) < 0.5, rng.random(len(ids)) < 0.5
-            hints = [augment(train_hints[i], rng, fx, fy) for i, fx, fy in zip(ids, flip_x, flip_y)]
+            hints = [augment(train_hints[i], rng, fx, fy)
+                     for i, fx, fy in zip(ids, flip_x, flip_y)]
             text = {k: v.to(device) for k, v in text_batch(cache, hints).items()}
-            cells = banks["train"].batch(torch.from_numpy(train_rows[ids]), torch.from_numpy(flip_x),
-                                         torch.from_numpy(flip_y))
+            cells = banks["train"].batch(torch.from_numpy(train_rows[ids]),
+                                         torch.from_numpy(flip_x), torch.from_numpy(flip_y))
             cells = {k: v.to(device) for k, v in cells.items()}
-            loss, parts = coarse_loss(ddp(text, cells), use_is="is" in cfg.losses, use_io="io" in cfg.losses,
-                                      use_global="global" in cfg.losses, global_terms=cfg.global_terms)
+            loss, parts = coarse_loss(ddp(text, cells), use_is="is" in cfg.losses,
+                                      use_io="io" in cfg.losses, use_global="global" in cfg.losses,
+                                      global_terms=cfg.global_terms)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             running.append(float(parts["total"]))
             bar.set_postfix(loss=f"{np.mean(running[-50:]):.3f}")
         sched.step()
-        record = {"epoch": epoch, "loss": float(np.mean(running)) if running else float("nan"),
-                  "train_s": time.perf_counter() - t0}
-        if dist.main:
-            gallery = encode_gallery(model, banks["val"], device=device)
-            queries = encode_queries(model, cache, [val_hints[i] for i in val_ids], device=device)
-            top = rank_cells(queries, gallery, cfg.score_terms, k=10)
-            record["val_recall"] = retrieval_metrics(top, val_gt[val_ids])
-            print(f"epoch {epoch}: loss {record['loss']:.4f}, val recall@1/3/5 "
-                  + "/".join(f"{record['val_recall'][k]:.3f}" for k in ("1", "3", "5"))
-                  + f" ({record['train_s']:.0f} s)")
-            score = record["val_recall"][cfg.select]
-            if score > state["best"]:
-                state["best"] = score
-                save_checkpoint(model, out / "coarse", _checkpoint_config(cfg, record, pointnet_info),
-                                dtype=torch.float16)  # shipped size; coarse_last.pt keeps float32
-        state["epoch"] = epoch
-        state["history"].append(record)
-        if dist.main:
-            save_last(last, model, opt, state, sched)
-    dist.close()
-    return state
+        return {"epoch": epoch, "loss": float(np.mean(running)) if running else float("nan"),
+                "train_s": time.perf_counter() - t0}
+
+    def validate(record):
+        gallery = encode_gallery(model, banks["val"], device=device)
+        queries = encode_queries(model, cache, [val_hints[i] for i in val_ids], device=device)
+        top = rank_cells(queries, gallery, cfg.score_terms, k=10)
+        record["val_recall"] = retrieval_metrics(top, val_gt[val_ids])
+        print(f"epoch {record['epoch']}: loss {record['loss']:.4f}, val recall@1/3/5 "
+              + "/".join(f"{record['val_recall'][k]:.3f}" for k in ("1", "3", "5"))
+              + f" ({record['train_s']:.0f} s)")
+        return record["val_recall"][cfg.select]
+
+    def save_best(record, history):
+        save_checkpoint(model, out / "coarse", _checkpoint_config(cfg, record, pointnet_info),
+                        dtype=torch.float16)  # shipped size; coarse_last.pt keeps float32
+
+    return fit("coarse", out, dist, model, opt, cfg.epochs, train_epoch, validate, save_best,
+               scheduler=sched, begin=begin, best_format=f"best val recall@{cfg.select} {{:.3f}}")
 
 
 def _checkpoint_config(cfg: CoarseTrainConfig, record: dict, pointnet_info: dict) -> dict:
     train = asdict(cfg)
     train.pop("model")
-    return {"kind": "coarse", "architecture": cfg.model.to_dict(), "text_encoder": cfg.text_encoder,
-            "pointnet": pointnet_info, "score_terms": cfg.score_terms, "training": train,
+    return {"kind": "coarse", "architecture": cfg.model.to_dict(),
+            "text_encoder": cfg.text_encoder, "pointnet": pointnet_info,
+            "score_terms": cfg.score_terms, "training": train,
             "metrics": {"val_recall": record["val_recall"], "epoch": record["epoch"]}}

@@ -32,7 +32,8 @@ def regression_loss(offset: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return MSE_WEIGHT * F.mse_loss(offset, target)
 
 
-def fine_loss(offset: torch.Tensor, precision: Optional[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+def fine_loss(offset: torch.Tensor, precision: Optional[torch.Tensor],
+              target: torch.Tensor) -> torch.Tensor:
     """:func:`ugfl_loss` when the model predicts lambda, else :func:`regression_loss`."""
     if precision is None:
         return regression_loss(offset, target)

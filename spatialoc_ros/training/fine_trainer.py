@@ -1,10 +1,11 @@
-"""``spatialoc train fine``: train the fine stage (UGFL, spec §8.5, §10.2) on a KITTI360Pose folder.
+"""``spatialoc train fine``: train the fine stage (UGFL, arXiv 2601.03579) on a KITTI360Pose
+folder.
 
 One sample = a training query's hints and its ground-truth cell; the target
 is the pose's xy in that cell's normalised frame (``Cell.to_cell``, the frame
 of the object centres) minus the centre (0.5, 0.5). Augmentations: hints are
 shuffled, the valid objects of each cell are randomly permuted (padding stays
-at the end; spec §12 #17), and with PMC (§8.2) the cell is, with probability
+at the end), and with PMC (prototype-based map cloning) the cell is, with probability
 ``pmc_prob``, swapped for an eligible neighbouring cell, the target following
 it. Adam at ``warmup_lr`` for ``warmup_epochs`` epochs, then ``lr`` constant
 (the reference code re-creates Adam at the switch; here only the rate
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -34,7 +35,8 @@ from ..errors import SpatialocError
 from ..networks.ugfl import FineConfig, FineModel
 from .fine_losses import fine_loss
 from .queries import augment, size_grouped_batches
-from .runtime import copy_pointnet, load_last, save_last, start_run
+from .loop import fit
+from .runtime import copy_pointnet, start_run
 from ..core.cell_bank import permute_objects
 from ..core.encoding import predict_fine
 from ..core.text_cache import text_batch
@@ -69,10 +71,13 @@ class FineTrainConfig:
             (self.epochs < 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size < 2, f"--batch-size must be at least 2, got {self.batch_size}"),
             (not self.lr > 0 or not self.warmup_lr > 0, "learning rates must be positive"),
-            (self.warmup_epochs < 0, f"--warmup-epochs must be at least 0, got {self.warmup_epochs}"),
+            (self.warmup_epochs < 0,
+             f"--warmup-epochs must be at least 0, got {self.warmup_epochs}"),
             (not 0 <= self.pmc_prob <= 1, f"--pmc-prob must be in [0, 1], got {self.pmc_prob}"),
-            (self.model.d < 16 or self.model.d % 16, f"--dim must be a positive multiple of 16, got {self.model.d}"),
-            (self.max_train_queries < 0 or self.max_val_queries < 0, "query limits must be at least 0"),
+            (self.model.d < 16 or self.model.d % 16,
+             f"--dim must be a positive multiple of 16, got {self.model.d}"),
+            (self.max_train_queries < 0 or self.max_val_queries < 0,
+             "query limits must be at least 0"),
         ]
         for bad, message in problems:
             if bad:
@@ -84,12 +89,12 @@ class FineTrainConfig:
 
 
 def cell_target(cell, pose_w) -> np.ndarray:
-    """Offset of the pose from the cell centre, cell-normalised: ``cell.to_cell(xy) - 0.5`` (2,)."""
+    """Offset of the pose from the cell centre, cell-normalised: ``cell.to_cell(xy) - 0.5``."""
     return (cell.to_cell(np.asarray(pose_w, dtype=np.float64)[:2]) - 0.5).astype(np.float32)
 
 
 class NeighbourCells:
-    """PMC (spec §8.2): the neighbouring cells a training query may be moved to, found lazily.
+    """PMC: the neighbouring cells a training query may be moved to, found lazily.
 
     A neighbour (from the split's direction map, or the one its cells imply)
     is eligible when the pose lies within ``threshold`` cell widths (L-inf) of
@@ -99,7 +104,8 @@ class NeighbourCells:
     drawn with probability proportional to 1 / (distance to its centre)^2.
     """
 
-    def __init__(self, split, threshold: float = 0.4, max_missing: int = 1, tolerance: float = 1e-6):
+    def __init__(self, split, threshold: float = 0.4, max_missing: int = 1,
+                 tolerance: float = 1e-6):
         from ..data.kitti360pose import neighbour_map
 
         self.split = split
@@ -173,7 +179,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
-    """Train, validate every epoch, keep the best; returns the run's state (best, history)."""
+    """Train, validate every epoch, keep the best (:func:`.loop.fit`); returns the run state."""
     from tqdm import tqdm
 
     from ..networks.checkpoint import save_checkpoint
@@ -183,10 +189,12 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
     rng, dist, out = start_run(cfg.seed, cfg.device, cfg.out)
     device = dist.device
 
-    run = load_run_data(cfg.data, cfg.cache, cfg.pointnet, cfg.text_encoder, cfg.model.max_objects, cfg.seed, rng,
-                        cfg.max_train_queries, cfg.max_val_queries, progress=progress)
+    run = load_run_data(cfg.data, cfg.cache, cfg.pointnet, cfg.text_encoder, cfg.model.max_objects,
+                        cfg.seed, rng, cfg.max_train_queries, cfg.max_val_queries,
+                        progress=progress)
     train, val, train_hints, val_hints = run.train, run.val, run.train_hints, run.val_hints
-    train_ids, val_ids, banks, pointnet_info, cache = run.train_ids, run.val_ids, run.banks, run.pointnet_info, run.text
+    train_ids, val_ids, banks, cache = run.train_ids, run.val_ids, run.banks, run.text
+    pointnet_info = run.pointnet_info
     cfg.model.token_dim = cache.hidden_size
     cfg.model.point_dim = int(banks["train"].point_features.shape[-1])
     copy_pointnet(cfg.pointnet, out)  # OUT becomes a complete weights folder for inference
@@ -196,7 +204,8 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
     sizes = banks["train"].mask.sum(1).numpy()[gt_rows]
     val_rows = banks["val"].rows([val.poses[i].cell_id for i in val_ids]).numpy()
     val_cells = [val.cells_by_id[val.poses[i].cell_id] for i in val_ids]
-    val_targets = np.stack([cell_target(c, val.poses[i].pose_w) for c, i in zip(val_cells, val_ids)])
+    val_targets = np.stack([cell_target(c, val.poses[i].pose_w)
+                            for c, i in zip(val_cells, val_ids)])
     val_sizes = np.array([c.cell_size for c in val_cells], dtype=np.float64)
     val_query_hints = [val_hints[i] for i in val_ids]
     pmc = NeighbourCells(train, cfg.pmc_threshold) if cfg.pmc_prob > 0 else None
@@ -206,28 +215,23 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
     model = model.to(device)
     ddp = dist.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_at(1))
-    last = out / "fine_last.pt"
-    state = load_last(last, model, opt)
-    if state is not None:
-        rng = np.random.default_rng([cfg.seed, state["epoch"]])
-        if dist.main:
-            print(f"resuming after epoch {state['epoch']} (best val mean error {state['best']:.2f} m)")
-    else:
-        state = {"epoch": 0, "best": None, "history": [],
-                 "centre_baseline": fine_metrics(np.zeros_like(val_targets), val_targets, val_sizes)}
-    if state["epoch"] == 0 and dist.main:
-        base = state["centre_baseline"]
-        print(f"cell-centre baseline on val: mean error {base['mean_error_m']:.2f} m, "
-              f"median {base['median_error_m']:.2f} m")
 
-    while state["epoch"] < cfg.epochs:
-        epoch = state["epoch"] + 1
+    def begin(state):
+        nonlocal rng
+        if state["epoch"]:  # resumed: a generator of its own for the epochs to come
+            rng = np.random.default_rng([cfg.seed, state["epoch"]])
+        elif dist.main:
+            base = state["centre_baseline"]
+            print(f"cell-centre baseline on val: mean error {base['mean_error_m']:.2f} m, "
+                  f"median {base['median_error_m']:.2f} m")
+
+    def train_epoch(epoch):
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(epoch)
-        model.train()
         batches = size_grouped_batches(sizes[train_ids], cfg.batch_size, rng)
-        batches = [train_ids[b] for b in batches if len(b) > 1][dist.rank::dist.world]
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not (progress and dist.main))
+        batches = dist.shard([train_ids[b] for b in batches if len(b) > 1])
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                   disable=not (progress and dist.main))
         t0, running, moved = time.perf_counter(), [], 0
         for ids in bar:
             cell_ids = [train.poses[i].cell_id for i in ids]
@@ -235,8 +239,9 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
                 swap = rng.random(len(ids)) < cfg.pmc_prob
                 cell_ids = [pmc.draw(i, rng) if s else c for i, s, c in zip(ids, swap, cell_ids)]
                 moved += sum(c != train.poses[i].cell_id for i, c in zip(ids, cell_ids))
-            target = torch.from_numpy(np.stack([cell_target(train.cells_by_id[c], train.poses[i].pose_w)
-                                                for i, c in zip(ids, cell_ids)])).to(device)
+            target = np.stack([cell_target(train.cells_by_id[c], train.poses[i].pose_w)
+                               for i, c in zip(ids, cell_ids)])
+            target = torch.from_numpy(target).to(device)
             hints = [augment(train_hints[i], rng, False, False) for i in ids]
             text = {k: v.to(device) for k, v in text_batch(cache, hints).items()}
             cells = banks["train"].batch(torch.tensor([train_row[c] for c in cell_ids]))
@@ -250,41 +255,45 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
             opt.step()
             running.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(running[-50:]):.3f}")
-        record = {"epoch": epoch, "lr": cfg.lr_at(epoch),
-                  "loss": float(np.mean(running)) if running else float("nan"),
-                  "pmc_moved": moved / max(1, sum(len(b) for b in batches)), "train_s": time.perf_counter() - t0}
-        if dist.main:
-            offsets, precision = predict_fine(model, cache, banks["val"], val_query_hints, val_rows, device)
-            record["val"] = fine_metrics(offsets, val_targets, val_sizes, precision)
-            print(_summary(record))
-            if state["best"] is None or record["val"]["mean_error_m"] < state["best"]:
-                state["best"] = record["val"]["mean_error_m"]
-                save_checkpoint(model, out / "fine",
-                                _checkpoint_config(cfg, record, pointnet_info, state["history"] + [record]),
-                                dtype=torch.float16)  # shipped size; fine_last.pt keeps float32
-        state["epoch"] = epoch
-        state["history"].append(record)
-        if dist.main:
-            save_last(last, model, opt, state)
-    dist.close()
-    return state
+        return {"epoch": epoch, "lr": cfg.lr_at(epoch),
+                "loss": float(np.mean(running)) if running else float("nan"),
+                "pmc_moved": moved / max(1, sum(len(b) for b in batches)),
+                "train_s": time.perf_counter() - t0}
+
+    def validate(record):
+        offsets, precision = predict_fine(model, cache, banks["val"], val_query_hints, val_rows,
+                                          device)
+        record["val"] = fine_metrics(offsets, val_targets, val_sizes, precision)
+        print(_summary(record))
+        return record["val"]["mean_error_m"]
+
+    def save_best(record, history):
+        save_checkpoint(model, out / "fine",
+                        _checkpoint_config(cfg, record, pointnet_info, history),
+                        dtype=torch.float16)  # shipped size; fine_last.pt keeps float32
+
+    baseline = fine_metrics(np.zeros_like(val_targets), val_targets, val_sizes)
+    return fit("fine", out, dist, model, opt, cfg.epochs, train_epoch, validate, save_best,
+               minimise=True, fresh={"centre_baseline": baseline}, begin=begin,
+               best_format="best val mean error {:.2f} m")
 
 
 def _summary(record: dict) -> str:
     v = record["val"]
-    text = (f"epoch {record['epoch']}: loss {record['loss']:.4f}, val error mean {v['mean_error_m']:.2f} m, "
-            f"median {v['median_error_m']:.2f} m, within 5/10/15 m "
+    text = (f"epoch {record['epoch']}: loss {record['loss']:.4f}, "
+            f"val error mean {v['mean_error_m']:.2f} m, median {v['median_error_m']:.2f} m, "
+            "within 5/10/15 m "
             + "/".join(f"{v['recall'][str(t)]:.3f}" for t in RECALL_THRESHOLDS_M))
     if "coverage_1sigma" in v:
-        text += (f", 1/2-sigma coverage {v['coverage_1sigma']:.2f}/{v['coverage_2sigma']:.2f} (uncalibrated),"
-                 f" Spearman(sigma, error) {v['sigma_error_spearman']:.2f}")
+        text += (f", 1/2-sigma coverage {v['coverage_1sigma']:.2f}/{v['coverage_2sigma']:.2f}"
+                 f" (uncalibrated), Spearman(sigma, error) {v['sigma_error_spearman']:.2f}")
     return text + f" ({record['train_s']:.0f} s)"
 
 
-def _checkpoint_config(cfg: FineTrainConfig, record: dict, pointnet_info: dict, history: List[dict]) -> dict:
+def _checkpoint_config(cfg: FineTrainConfig, record: dict, pointnet_info: dict,
+                       history: List[dict]) -> dict:
     train = asdict(cfg)
     train.pop("model")
     metrics = {"epoch": record["epoch"], "val": record["val"], "history": history}
     return {"kind": "fine", "architecture": cfg.model.to_dict(), "text_encoder": cfg.text_encoder,
             "pointnet": pointnet_info, "training": train, "metrics": metrics}
-

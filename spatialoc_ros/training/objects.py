@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,7 +18,8 @@ import torch
 from ..data.constants import CLASS_NAMES, PAD_LABEL, SPLITS
 from ..data.kitti360pose import cells_path, read_cells
 from ..data.schema import Object3d
-from ..core.object_points import NUM_POINTS, RngLike, as_rng, objects_to_batch, sample_object  # noqa: F401
+from ..core.object_points import (NUM_POINTS, RngLike, as_rng, objects_to_batch,  # noqa: F401
+                                  sample_object)
 from ..errors import DataError
 
 CLASS_INDEX = {name: i for i, name in enumerate(CLASS_NAMES)}
@@ -41,8 +42,8 @@ class ObjectSet:
         return len(self.labels)
 
     @classmethod
-    def from_objects(cls, objects: Sequence[Object3d], keys: Optional[List[Tuple[str, int, int]]] = None
-                     ) -> "ObjectSet":
+    def from_objects(cls, objects: Sequence[Object3d],
+                     keys: Optional[List[Tuple[str, int, int]]] = None) -> "ObjectSet":
         for obj in objects:
             if obj.label not in CLASS_INDEX:
                 raise DataError(f"object {obj.id} has label {obj.label!r}, not one of the "
@@ -56,17 +57,22 @@ class ObjectSet:
             rgb=np.concatenate([o.rgb for o in objects]).astype(np.float32) if objects else empty,
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             labels=np.array([CLASS_INDEX[o.label] for o in objects], np.int64),
-            keys=keys if keys is not None else [("", int(o.instance_id), len(o.xyz)) for o in objects],
+            keys=keys if keys is not None else [("", int(o.instance_id), len(o.xyz))
+                                                for o in objects],
         )
 
     def sample(self, indices: Sequence[int], num_points: int = NUM_POINTS, rng: RngLike = None
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Objects ``indices`` -> xyz, rgb float32 [B, P, 3] and labels int64 [B] (with replacement)."""
+        """Objects ``indices`` -> xyz, rgb float32 [B, P, 3] and labels int64 [B].
+
+        The points are drawn with replacement.
+        """
         indices = np.asarray(indices, np.int64)
         start = self.offsets[indices]
         count = self.offsets[indices + 1] - start
         u = as_rng(rng).random((len(indices), num_points))
-        idx = start[:, None] + np.minimum((u * count[:, None]).astype(np.int64), count[:, None] - 1)
+        idx = start[:, None] + np.minimum((u * count[:, None]).astype(np.int64),
+                                          count[:, None] - 1)
         return (torch.from_numpy(self.xyz[idx]), torch.from_numpy(self.rgb[idx]),
                 torch.from_numpy(self.labels[indices]))
 

@@ -1,4 +1,5 @@
-"""What every stage trainer starts from: the splits, their hints, the query subsets, the frozen inputs.
+"""What every stage trainer starts from: the splits, their hints, the query subsets, the frozen
+inputs.
 
 Both stages read the same cell banks (every training cell, the run's slots and
 seed) and the same token cache, so a coarse and a fine run on one dataset share
@@ -25,9 +26,11 @@ class RunData:
     text: object  # TextCache
 
 
-def load_run_data(data: str, cache: Optional[str], pointnet: str, text_encoder: str, max_objects: int,
-                  seed: int, rng: np.random.Generator, max_train_queries: int = 0, max_val_queries: int = 0,
-                  extra_sentences: Callable[[Sequence[Sequence[str]]], List[str]] = lambda hints: [],
+def load_run_data(data: str, cache: Optional[str], pointnet: str, text_encoder: str,
+                  max_objects: int, seed: int, rng: np.random.Generator,
+                  max_train_queries: int = 0, max_val_queries: int = 0,
+                  extra_sentences: Callable[[Sequence[Sequence[str]]], List[str]] = (
+                      lambda hints: []),
                   progress: bool = True) -> RunData:
     """Load a KITTI360Pose folder's train and val splits with their cached frozen inputs.
 
@@ -43,17 +46,20 @@ def load_run_data(data: str, cache: Optional[str], pointnet: str, text_encoder: 
     val_hints = [pose_hints(p) for p in val.poses]
     train_ids = np.arange(len(train.poses))
     if max_train_queries:
-        train_ids = np.sort(rng.choice(train_ids, min(max_train_queries, len(train_ids)), replace=False))
+        train_ids = np.sort(rng.choice(train_ids, min(max_train_queries, len(train_ids)),
+                                       replace=False))
     val_ids = np.arange(len(val.poses))
     if max_val_queries:
         val_ids = np.sort(rng.choice(val_ids, min(max_val_queries, len(val_ids)), replace=False))
     root = cache_dir(data, cache)
     # the banks hold every training cell, so runs on different query subsets share one cache file
-    banks, pointnet_info = load_banks(root, pointnet, {"train": train.cells, "val": val.cells}, max_objects,
-                                      seed, progress)
-    sentences = {s for h in train_hints + val_hints for s in h} | set(extra_sentences(train_hints))
+    banks, pointnet_info = load_banks(root, pointnet, {"train": train.cells, "val": val.cells},
+                                      max_objects, seed, progress)
+    sentences = {s for h in train_hints + val_hints for s in h}
+    sentences |= set(extra_sentences(train_hints))
     text = load_text_cache(root, text_encoder, sorted(sentences))
-    return RunData(train, val, train_hints, val_hints, train_ids, val_ids, banks, pointnet_info, text)
+    return RunData(train, val, train_hints, val_hints, train_ids, val_ids, banks, pointnet_info,
+                   text)
 
 
 def standardise_counts(model, bank) -> None:

@@ -1,9 +1,13 @@
-"""What every training run and every model user shares: the device, torchrun, the run folder, resuming.
+"""What every training run and every model user shares: the device, torchrun, the run folder,
+resuming.
 
-* :class:`Distributed` reads torchrun's environment and wraps a model in DDP when world > 1;
+* :class:`Distributed` reads torchrun's environment, shards an epoch's batches by rank and
+  wraps a model in DDP when world > 1;
 * :func:`start_run` seeds, picks the device and creates the output folder;
 * :func:`load_last` / :func:`save_last` keep ``OUT/<stage>_last.pt``, what a resumed run needs
   (written through a temporary file, so an interruption never leaves half a file).
+
+The epoch loop built on these is :func:`.loop.fit`.
 """
 from __future__ import annotations
 
@@ -39,6 +43,16 @@ class Distributed:
     def main(self) -> bool:
         return self.rank == 0
 
+    def shard(self, batches: list) -> list:
+        """This rank's share of an epoch's batches: every world-th one, from its rank on.
+
+        Every rank gets the same number (DDP steps all ranks together), so a remainder
+        that only some ranks would get is left out. One process: all of them.
+        """
+        if self.world == 1:
+            return batches
+        return batches[self.rank:len(batches) // self.world * self.world:self.world]
+
     def wrap(self, model):
         if self.world == 1:
             return model
@@ -65,7 +79,7 @@ def start_run(seed: int, device: str, out) -> Tuple[np.random.Generator, Distrib
 
 
 def copy_pointnet(stem: str, out: Path) -> None:
-    """Copy the frozen PointNet++ (stem.safetensors + .json) into OUT: a complete weights folder."""
+    """Copy the frozen PointNet++ (stem.safetensors + .json) into OUT: a whole weights folder."""
     for ext in (".safetensors", ".json"):
         src, dst = Path(stem + ext), out / ("pointnet" + ext)
         if not dst.exists() or not dst.samefile(src):
@@ -73,7 +87,7 @@ def copy_pointnet(stem: str, out: Path) -> None:
 
 
 def load_last(path: Path, model, optimizer, scheduler=None) -> Optional[dict]:
-    """Restore model, optimizer (and scheduler) from ``path``; its run state, or None if there is none."""
+    """Restore model, optimizer (and scheduler) from ``path``; its run state, or None if none."""
     if not path.exists():
         return None
     saved = torch.load(path, weights_only=True, map_location="cpu")
@@ -86,7 +100,8 @@ def load_last(path: Path, model, optimizer, scheduler=None) -> Optional[dict]:
 
 def save_last(path: Path, model, optimizer, state: dict, scheduler=None) -> None:
     """Write what :func:`load_last` reads, through a temporary file."""
-    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": json.dumps(state)}
+    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "state": json.dumps(state)}
     if scheduler is not None:
         saved["scheduler"] = scheduler.state_dict()
     atomic_write(path, lambda tmp: torch.save(saved, tmp))
