@@ -37,7 +37,7 @@ LOSS_TERMS = ("is", "io", "global")
 class CoarseTrainConfig:
     data: str
     out: str
-    # The paper's stated schedule (spec §10.1): 20 epochs from lr 5e-4. The reference README's
+    # The paper's stated schedule (§4.1): 20 epochs from lr 5e-4. The reference README's
     # 32 epochs from 1e-4 is `epochs=32, lr=1e-4`; on a CPU budget 5e-4 learns far sooner
     # (validation recall@1 0.28 vs 0.09 after 12,000 training queries, benchmark seed 0).
     epochs: int = 20
@@ -59,7 +59,7 @@ class CoarseTrainConfig:
 
     @property
     def score_terms(self) -> List[str]:
-        """Retrieval scores to fuse: those whose loss is trained (spec §7.6)."""
+        """Retrieval scores to fuse: those whose loss is trained (see ``core/retrieval.py``)."""
         names = {"global": "global", "io": "object", "is": "relation"}
         return [names[t] for t in ("global", "io", "is") if t in self.losses]
 

@@ -1,12 +1,12 @@
-"""Losses of the fine stage, in cell-normalised units (spec §8.1, §8.5, §12 #18).
+"""Losses of the fine stage, in cell-normalised units (arXiv 2601.03579 §3.4, Eq. 16).
 
-* :func:`ugfl_loss`, the paper's L_reg = lambda * ||p_pred - p_gt||_1 + 1 / lambda (§8.1).
+* :func:`ugfl_loss`, the paper's L_reg = lambda * ||p_pred - p_gt||_1 + 1 / lambda (Eq. 16).
   For a fixed L1 error e the optimum is lambda* = e^(-1/2) and the minimum
   2 sqrt(e): a robust 2 sqrt(L1) in which lambda learns how far to trust a
-  prediction. lambda is not detached (§8.5), so the 1/lambda term is what
+  prediction. lambda is not detached, so the 1/lambda term is what
   stops it collapsing to 0.
 * :func:`regression_loss`, the "w/o probability" ablation: 5 * MSE, the
-  reference code's and Text2Loc's loss (§8.2, ``offset_lambda`` = 5).
+  reference code's and Text2Loc's loss (their ``offset_lambda`` = 5).
 
 ``offset`` and ``target`` are offsets from the cell centre [B, 2]; a shift of
 both by the centre changes nothing, so the same losses hold for positions.

@@ -41,7 +41,7 @@ from ..core.cell_bank import permute_objects
 from ..core.encoding import predict_fine
 from ..core.text_cache import text_batch
 
-RECALL_THRESHOLDS_M = (5, 10, 15)  # spec §9.4
+RECALL_THRESHOLDS_M = (5, 10, 15)  # the papers' localization recall thresholds (metres)
 
 
 @dataclass
@@ -51,9 +51,9 @@ class FineTrainConfig:
     epochs: int = 32
     batch_size: int = 32
     lr: float = 3e-4
-    warmup_epochs: int = 2  # epochs at warmup_lr before lr (spec §8.2)
+    warmup_epochs: int = 2  # epochs at warmup_lr before lr (the reference code's schedule)
     warmup_lr: float = 1e-5
-    pmc_prob: float = 0.5  # probability of swapping in a neighbouring cell (spec §8.2)
+    pmc_prob: float = 0.5  # probability of swapping in a neighbouring cell (PMC)
     pmc_threshold: float = 0.4  # the pose must lie this close (L-inf, cell widths) to its centre
     shuffle_objects: bool = True
     seed: int = 0

@@ -1,18 +1,18 @@
-"""Coarse-stage losses: set similarity, CCL and the total loss (spec §7, paper eq. 9-10, 14-15).
+"""Coarse-stage losses: set similarity, CCL and the total (arXiv 2601.03579 §3.2-3.3, Eqs. 9-15).
 
-L_align is the code's complementary contrastive loss (CCL, spec §7.2 [REC],
-bug #3): only negatives are penalised, by -log(1 - p), in both directions of
-a [B, B] score matrix (rows = texts, columns = cells), each negative weighted
-by how close its two descriptors are. The paper's eq. 10 taken literally
-would push the matched pairs apart.
+L_align is the reference code's complementary contrastive loss (CCL): only
+negatives are penalised, by -log(1 - p), in both directions of a [B, B] score
+matrix (rows = texts, columns = cells), each negative weighted by how close its
+two descriptors are. The paper's eq. 10 taken literally would push the matched
+pairs apart.
 
     L_Coarse = L_Global + L_IS + L_IO                                     (eq. 15)
     L_Global = CCL(Q P^T) + CCL(Q Q^T) + CCL(P P^T)                       (eq. 14)
-    L_IS     = CCL(lambda(F_Relation_T, F_Relation_P))                    (§7.3)
+    L_IS     = CCL(lambda(F_Relation_T, F_Relation_P))                    (§3.2)
     L_IO     = CCL(lambda(F_Object_T, F_Object_P))
 
 The (Q, Q) and (P, P) self terms are the paper's; the code has only the
-cross term (spec §7.4). ``global_terms`` weights the three.
+cross term. ``global_terms`` weights the three.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -61,7 +61,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def ccl_weights(a: torch.Tensor, b: torch.Tensor, alpha: float = 2.0,
                 clip: float = 0.8) -> torch.Tensor:
-    """Negative weights w [B, B], w[i, j] for text i and cell j (spec §7.2 step 4, bug #21).
+    """Negative weights w [B, B], w[i, j] for text i and cell j (the reference code indexes
+    its set-level weights [cell, text], i.e. transposed; here they follow the scores).
 
     a [B, D], b [B, D] (L2-normalised here). d_ij = |a_i - b_j| / max d;
     w = clip((1 - d + 1e-6)^(1 / alpha), clip, 1). Not detached (as the code):
@@ -96,7 +97,7 @@ def ccl_loss(scores: torch.Tensor, weights: Optional[torch.Tensor] = None,
 
     p_tc = softmax over cells per text, p_ct = softmax over texts per cell;
     loss = mean_i sum_{j != i} w[i, j] (-log(1 - p_tc[i, j]))
-         + mean_j sum_{i != j} w[i, j] (-log(1 - p_ct[j, i]))      (spec §7.2 step 5)
+         + mean_j sum_{i != j} w[i, j] (-log(1 - p_ct[j, i]))
     weights [B, B] indexed [text, cell] (None = all 1). The matched pairs
     (the diagonal) enter only through the softmax normalisation.
     """
@@ -115,7 +116,7 @@ def ccl_loss(scores: torch.Tensor, weights: Optional[torch.Tensor] = None,
 
 def _set_ccl(t: torch.Tensor, tmask: torch.Tensor, p: torch.Tensor, pmask: torch.Tensor,
              tau: float) -> torch.Tensor:
-    """CCL of the set similarity, weights from the masked mean-pooled sets (§7.2, §7.3)."""
+    """CCL of the set similarity, weights from the masked mean-pooled sets (Eqs. 9-10)."""
     weights = ccl_weights(masked_mean(t, tmask), masked_mean(p, pmask))
     return ccl_loss(set_similarity(t, tmask, p, pmask), weights, tau)
 

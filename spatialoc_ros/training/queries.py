@@ -1,6 +1,6 @@
 """Queries as the coarse stage consumes them: hint sentences, their cell, augmentations.
 
-Training augments like the benchmark's loaders (kitti360pose_format.md §6.1):
+Training augments like the benchmark's reference loaders (Text2Pos / Text2Loc):
 the hints of a query are shuffled, and a cell may be mirrored left-right or
 up-down, which swaps "east"/"west" or "north"/"south" in the hints.
 """
