@@ -1,0 +1,102 @@
+"""The serving core's seams: map source, weights bundle and retriever, with today's behaviour."""
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+
+from spatialoc_ros.core.map_source import KittiPoseMap, MapSource, open_map
+from spatialoc_ros.core.retriever import ExhaustiveRetriever, make_retriever
+from spatialoc_ros.core.weights import WeightsBundle
+from spatialoc_ros.errors import SpatialocError
+from spatialoc_ros.inference import Localizer
+
+VAL_SCENE = "2013_05_28_drive_0010_sync"
+GOOD = "The pose is north of a gray building. The pose is on-top of a dark-green sidewalk."
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_weights):
+    return WeightsBundle.load(tiny_weights, "cpu")
+
+
+@dataclass
+class CellsInMemory:
+    """A map source that is not a folder: cells handed over by the caller."""
+
+    path: Path
+    cells: List
+    name: str = "map"
+    frame_id: str = "site"
+    scenes: List[str] = field(default_factory=list)
+    poses: List = field(default_factory=list)
+    cells_by_id: Dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.cells_by_id = {c.id: c for c in self.cells}
+        self.scenes = sorted({c.scene for c in self.cells})
+
+
+def test_a_kitti360pose_folder_is_a_map_source(tiny_dataset):
+    source = open_map(tiny_dataset, ["0010"])
+    assert isinstance(source, KittiPoseMap) and isinstance(source, MapSource)
+    assert source.scenes == [VAL_SCENE] and source.name == "val" and source.frame_id == "map"
+    assert len(source.cells) == len(source.cells_by_id) > 0 and source.poses
+
+
+def test_a_folder_that_is_no_map_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for path, words in ((tmp_path / "missing", "no such map folder"),
+                        (tmp_path / "empty", "not a map folder")):
+        with pytest.raises(SpatialocError, match=words) as e:
+            open_map(path)
+        assert "\n" not in str(e.value)
+
+
+def test_any_map_source_and_a_shared_bundle_serve_like_a_folder(tiny_dataset, tiny_weights,
+                                                                bundle, tmp_path):
+    cache = tiny_weights / "cache"
+    by_folder = Localizer(tiny_dataset, bundle, scenes=[VAL_SCENE], device="cpu", cache=cache,
+                          top_k=5)
+    cells = open_map(tiny_dataset, [VAL_SCENE]).cells
+    by_source = Localizer(CellsInMemory(tmp_path, cells), bundle, device="cpu", cache=cache,
+                          top_k=5)
+    assert by_source.weights is by_folder.weights is bundle  # loaded once, shared
+    a, b = by_folder.localize(GOOD), by_source.localize(GOOD)
+    assert [h.cell_id for h in a.hypotheses] == [h.cell_id for h in b.hypotheses]
+    torch.testing.assert_close(torch.tensor(a.best.position), torch.tensor(b.best.position))
+
+
+def test_the_bundle_checks_that_its_parts_belong_together(tiny_weights, tmp_path):
+    folder = tmp_path / "mixed"
+    shutil.copytree(tiny_weights, folder, ignore=shutil.ignore_patterns("cache"))
+    data = bytearray((folder / "pointnet.safetensors").read_bytes())
+    data[-4:] = bytes(b ^ 0x01 for b in data[-4:])  # other PointNet++ weights, same shapes
+    (folder / "pointnet.safetensors").write_bytes(bytes(data))
+    with pytest.raises(SpatialocError, match=r"not the PointNet\+\+ the coarse model was trained"):
+        WeightsBundle.load(folder)
+    (folder / "fine.safetensors").unlink()
+    with pytest.raises(SpatialocError, match="fine.safetensors: no fine weights"):
+        WeightsBundle.load(folder)
+    assert WeightsBundle.load(tiny_weights, fine=False).fine is None
+
+
+def test_the_exhaustive_retriever_is_the_top_k_of_every_fused_score(tiny_dataset, bundle,
+                                                                    tiny_weights):
+    loc = Localizer(tiny_dataset, bundle, scenes=[VAL_SCENE], device="cpu",
+                    cache=tiny_weights / "cache")
+    assert isinstance(loc.retriever, ExhaustiveRetriever) and len(loc.retriever) == loc.num_cells
+    from spatialoc_ros.core.text_cache import text_batch
+
+    loc.encode_sentences(GOOD.split(". "))
+    with torch.inference_mode():
+        query = loc.coarse.model.encode_text(**text_batch(loc.text, [GOOD.split(". ")]))
+        every = loc.retriever.scores(query)
+        scores, rows = loc.retriever.top_k(query, 4)
+    assert every.shape == (1, loc.num_cells) and rows.shape == (1, 4)
+    # the same values, picked from the full score row
+    assert torch.equal(every[0, rows[0]], scores[0]) and scores[0, 0] == every.max()
+    with pytest.raises(SpatialocError, match="unknown retriever 'faiss'"):
+        make_retriever("faiss", loc.coarse.gallery, bundle.score_terms)
