@@ -61,9 +61,14 @@ class Gallery:
         return cls(list(meta["ids"]), CoarseOutputs(**{k: tensors.get(k) for k in CELL_FIELDS}))
 
 
+# Bumped when the coarse model's code changes what it computes from the same weights
+# (2: BatchNorm'd Linears lost their inert biases, which moved into the running means).
+GALLERY_FORMAT = 2
+
+
 def gallery_key(coarse_weights, bank_key: str) -> str:
-    """A short digest of the coarse weights file's bytes and the cell bank's key."""
-    key = f"{bank_key}|{file_digest(coarse_weights, 64)}"
+    """A short digest of the coarse weights file's bytes, the cell bank's key and the format."""
+    key = f"{GALLERY_FORMAT}|{bank_key}|{file_digest(coarse_weights, 64)}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -122,12 +122,28 @@ def check_state(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor
 
 
 def upgrade_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Let each submodule with an ``upgrade_state_dict(state, prefix)`` method rewrite its
-    entries of an older checkpoint (e.g. drop a parameter that was removed); returns ``state``."""
+    """Rewrite an older checkpoint's entries for today's modules; returns ``state``.
+
+    * A bias of a Linear that is followed by a BatchNorm1d in a Sequential (such
+      biases were removed: BatchNorm cancels them in training) moves into the
+      BatchNorm's running mean, which gives the same eval-mode outputs:
+      BN(W x + b) with mean m equals BN(W x) with mean m - b.
+    * Each submodule with an ``upgrade_state_dict(state, prefix)`` method rewrites
+      its own entries (e.g. drops a parameter that was removed).
+    """
     for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                lin, bn = module[i], module[i + 1]
+                bias, mean = f"{prefix}{i}.bias", f"{prefix}{i + 1}.running_mean"
+                if (isinstance(lin, nn.Linear) and lin.bias is None
+                        and isinstance(bn, nn.BatchNorm1d) and bias in state and mean in state):
+                    old = state.pop(bias)
+                    state[mean] = state[mean] - old.to(state[mean].dtype)
         upgrade = getattr(module, "upgrade_state_dict", None)
         if callable(upgrade):
-            upgrade(state, f"{name}." if name else "")
+            upgrade(state, prefix)
     return state
 
 

@@ -24,8 +24,28 @@ class HintEncoder(nn.Module):
         self.token_lstm = nn.LSTM(token_dim, token_dim, batch_first=True) if token_lstm else None
         self.intra = nn.TransformerEncoderLayer(token_dim, heads, 4 * token_dim, dropout=0.1,
                                                 batch_first=True)
+        # The layer's last LayerNorm keeps a zero shift instead of a learnable one: a
+        # per-channel shift passes through the max over tokens and is cancelled by
+        # proj's BatchNorm in training, so it could never learn. It stays a tensor (a
+        # buffer) because PyTorch's fused encoder-layer kernel expects one.
+        del self.intra.norm2.bias
+        self.intra.norm2.register_buffer("bias", torch.zeros(token_dim))
         self.proj = mlp_bn([token_dim, d])
         self.hint_lstm = nn.LSTM(d, d, batch_first=True)
+
+    def upgrade_state_dict(self, state: dict, prefix: str) -> None:
+        """Move an older checkpoint's learned ``intra.norm2.bias`` c into proj's running mean.
+
+        max_t(y_t + c) = max_t(y_t) + c per channel, then W (m + c) = W m + W c, so in
+        eval mode BatchNorm with mean (mu - W c) gives what the shift gave.
+        """
+        shift, weight = f"{prefix}intra.norm2.bias", f"{prefix}proj.0.weight"
+        mean = f"{prefix}proj.1.running_mean"
+        if shift in state and weight in state and mean in state:
+            c = state[shift].float()
+            if bool(c.any()):
+                state[mean] = state[mean] - (state[weight].float() @ c).to(state[mean].dtype)
+                state[shift] = torch.zeros_like(state[shift])
 
     def sentences(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Sentence features [S, D] from token embeddings [S, L, Dt] and their mask [S, L]."""

@@ -51,11 +51,15 @@ def l2_normalize(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Ten
 def mlp_bn(sizes) -> nn.Sequential:
     """Linear + BatchNorm + ReLU between layers, Linear + BatchNorm (no ReLU) at the end.
 
-    The ``get_mlp`` of the reference SpatiaLoc code.
+    The ``get_mlp`` of the reference SpatiaLoc code, without the Linear biases: in
+    training a BatchNorm subtracts the batch mean, which cancels any bias before it,
+    so such a bias could never learn (BatchNorm's own shift plays its part).
+    Checkpoints that have them load through
+    :func:`~spatialoc_ros.networks.checkpoint.upgrade_state`.
     """
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers += [nn.Linear(a, b), nn.BatchNorm1d(b)]
+        layers += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b)]
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)

@@ -36,9 +36,15 @@ class RelationEnhance(nn.Module):
 
     def __init__(self, d: int, heads: int = 4, dropout: float = 0.1):
         super().__init__()
-        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        # k has no bias: a key bias adds q . b to every logit of one query's softmax
+        # over the keys, which cancels, so it could never learn
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d, bias=False), nn.Linear(d, d)
         self.offset = nn.Linear(3, d)
         self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+
+    def upgrade_state_dict(self, state: dict, prefix: str) -> None:
+        """Older checkpoints carry the inert ``k.bias``; drop it."""
+        state.pop(f"{prefix}k.bias", None)
 
     def forward(self, f: torch.Tensor, centers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # g_n = max over valid m of Linear(c_m - c_n): [B, N, N, D] -> [B, N, D]
@@ -68,6 +74,7 @@ class ObjectEncoder(nn.Module):
         cls = l2_normalize(self.relation(cls, centers, mask), mask)
         col = l2_normalize(apply_valid(self.color, colors, mask), mask)
         pos = l2_normalize(apply_valid(self.position, centers, mask), mask)
-        size = ((counts.float() - self.count_mean) / self.count_std).unsqueeze(-1)
+        size = (counts.to(self.count_mean.dtype) - self.count_mean) / self.count_std
+        size = size.unsqueeze(-1)
         num = l2_normalize(apply_valid(self.size, size, mask), mask)
         return apply_valid(self.merge, torch.cat([cls, col, pos, num], dim=-1), mask)

@@ -140,10 +140,14 @@ def ball_query(pos: torch.Tensor, centres: torch.Tensor, radius: float, k: int) 
 
 
 def mlp(channels: Sequence[int]) -> nn.Sequential:
-    """[c0 -> c1 -> ... ] as Linear + BatchNorm1d + ReLU per layer (Text2Pos ``get_mlp``)."""
+    """[c0 -> c1 -> ... ] as Linear + BatchNorm1d + ReLU per layer (Text2Pos ``get_mlp``).
+
+    The Linears have no bias: BatchNorm cancels it in training (see ``masking.mlp_bn``).
+    """
     layers = []
     for c_in, c_out in zip(channels[:-1], channels[1:]):
-        layers += [nn.Linear(c_in, c_out), nn.BatchNorm1d(c_out), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(c_in, c_out, bias=False), nn.BatchNorm1d(c_out),
+                   nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -276,6 +280,7 @@ def fold_batchnorm(model: "PointNet2") -> "PointNet2":
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                 with torch.no_grad():
                     lin.weight.mul_(scale[:, None])
-                    lin.bias.copy_((lin.bias - bn.running_mean) * scale + bn.bias)
+                    bias = lin.bias if lin.bias is not None else torch.zeros_like(bn.bias)
+                    lin.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
                 seq[i + 1] = nn.Identity()
     return folded
