@@ -1,4 +1,7 @@
-"""The fine stage model (UGFL) and its losses: shapes, lambda, masking, object order, K candidates, checkpoints."""
+"""The fine stage model (UGFL) and its losses.
+
+Shapes, lambda, masking, object order, K candidates, checkpoints.
+"""
 import math
 
 import pytest
@@ -6,7 +9,8 @@ import torch
 
 from spatialoc_ros.errors import SpatialocError
 from spatialoc_ros.networks.checkpoint import load_checkpoint, save_checkpoint
-from spatialoc_ros.networks.ugfl import MAX_PRECISION, MIN_PRECISION, FineConfig, FineModel, reverse_valid
+from spatialoc_ros.networks.ugfl import (MAX_PRECISION, MIN_PRECISION, FineConfig, FineModel,
+                                         reverse_valid)
 from spatialoc_ros.training.fine_losses import fine_loss, regression_loss, ugfl_loss
 from spatialoc_ros.training.fine_trainer import permute_objects
 
@@ -20,12 +24,17 @@ def model(seed=0, **kw) -> FineModel:
 
 
 def random_cells(lengths, n=None, seed=0) -> dict:
-    """CellBank.batch-like inputs: len(lengths) cells with that many valid objects each, padded to n."""
+    """CellBank.batch-like inputs.
+
+    len(lengths) cells with that many valid objects each, padded to n.
+    """
     g = torch.Generator().manual_seed(seed)
     b, n = len(lengths), n or max(lengths)
     mask = torch.arange(n)[None] < torch.tensor(lengths)[:, None]
-    cells = dict(point_features=torch.randn(b, n, POINT_DIM, generator=g), colors=torch.rand(b, n, 3, generator=g),
-                 centers=torch.rand(b, n, 3, generator=g), counts=torch.randint(10, 5000, (b, n), generator=g),
+    cells = dict(point_features=torch.randn(b, n, POINT_DIM, generator=g),
+                 colors=torch.rand(b, n, 3, generator=g),
+                 centers=torch.rand(b, n, 3, generator=g),
+                 counts=torch.randint(10, 5000, (b, n), generator=g),
                  mask=mask)
     for k in ("point_features", "colors", "centers"):  # padding slots as a bank stores them
         cells[k][~mask] = 0
@@ -38,7 +47,8 @@ def random_text(hint_counts, sentences=8, seed=0) -> dict:
     g = torch.Generator().manual_seed(seed)
     token_len = torch.randint(3, 9, (sentences,), generator=g)
     token_mask = torch.arange(int(token_len.max()))[None] < token_len[:, None]
-    tokens = torch.randn(sentences, token_mask.shape[1], TOKEN_DIM, generator=g) * token_mask.unsqueeze(-1)
+    tokens = (torch.randn(sentences, token_mask.shape[1], TOKEN_DIM, generator=g)
+              * token_mask.unsqueeze(-1))
     q = max(hint_counts)
     hint_mask = torch.arange(q)[None] < torch.tensor(hint_counts)[:, None]
     hint_index = torch.randint(0, sentences, (len(hint_counts), q), generator=g) * hint_mask
@@ -46,7 +56,7 @@ def random_text(hint_counts, sentences=8, seed=0) -> dict:
 
 
 def pad_more(text: dict, cells: dict, extra: int = 3) -> tuple:
-    """The same batch with ``extra`` more hint, token and object slots of garbage, all masked out."""
+    """The same batch with ``extra`` more hint, token and object slots of garbage, masked out."""
     def grow(x, fill):
         shape = list(x.shape)
         shape[1] = extra
@@ -56,8 +66,10 @@ def pad_more(text: dict, cells: dict, extra: int = 3) -> tuple:
     false = lambda shape, x: torch.zeros(shape, dtype=torch.bool)  # noqa: E731
     padded_cells = {k: grow(v, false if k == "mask" else noise) for k, v in cells.items()}
     padded_cells["counts"] = padded_cells["counts"].abs()
-    padded_text = dict(tokens=grow(text["tokens"], noise), token_mask=grow(text["token_mask"], false),
-                       hint_index=grow(text["hint_index"], lambda s, x: torch.randint(0, len(text["tokens"]), s)),
+    padded_text = dict(tokens=grow(text["tokens"], noise),
+                       token_mask=grow(text["token_mask"], false),
+                       hint_index=grow(text["hint_index"],
+                                       lambda s, x: torch.randint(0, len(text["tokens"]), s)),
                        hint_mask=grow(text["hint_mask"], false))
     return padded_text, padded_cells
 
@@ -69,7 +81,8 @@ def test_shapes_and_a_positive_precision():
     m = model().eval()
     out = m(random_text([6, 4, 1]), random_cells([5, 9, 1]))
     assert out.offset.shape == (3, 2) and out.precision.shape == (3,)
-    assert bool((out.precision >= MIN_PRECISION).all()) and bool(torch.isfinite(out.precision).all())
+    assert (bool((out.precision >= MIN_PRECISION).all())
+            and bool(torch.isfinite(out.precision).all()))
     assert torch.equal(out.position, out.offset + 0.5)
     h, hint_mask = m.encode_text(**random_text([6, 4, 1]))
     assert h.shape == (3, 6, 32) and hint_mask.shape == (3, 6)
@@ -107,8 +120,10 @@ def test_padding_objects_hints_and_tokens_never_change_the_output():
     with torch.no_grad():
         out = m(text, cells)
         padded = m(*pad_more(text, cells))
-        alone = [m({**text, "hint_index": text["hint_index"][b:b + 1], "hint_mask": text["hint_mask"][b:b + 1]},
-                   {k: v[b:b + 1, :int(cells["mask"][b].sum())] for k, v in cells.items()}) for b in range(4)]
+        alone = [m({**text, "hint_index": text["hint_index"][b:b + 1],
+                    "hint_mask": text["hint_mask"][b:b + 1]},
+                   {k: v[b:b + 1, :int(cells["mask"][b].sum())] for k, v in cells.items()})
+                 for b in range(4)]
     assert torch.allclose(out.offset, padded.offset, atol=1e-5)
     assert torch.allclose(out.precision, padded.precision, atol=1e-5)
     assert torch.allclose(out.offset, torch.cat([a.offset for a in alone]), atol=1e-5)
@@ -123,10 +138,14 @@ def test_padding_never_changes_training_mode_statistics():
             module.p = 0.0
         elif isinstance(module, torch.nn.MultiheadAttention):
             module.dropout = 0.0
+    with torch.no_grad():  # the offset head starts at zero: without weights offsets say nothing
+        torch.nn.init.normal_(m.offset_head[-1].weight, std=0.5)
     text, cells = random_text([6, 3, 2]), random_cells([4, 2, 7])
     out = m(text, cells)
     padded = m(*pad_more(text, cells))
+    assert out.offset.abs().max() > 0.05  # far from the all-zero output of a blank head
     assert torch.allclose(out.offset, padded.offset, atol=1e-5)
+    assert torch.allclose(out.precision, padded.precision, rtol=1e-4)
 
 
 def test_one_query_against_k_cells_equals_k_separate_calls():
@@ -135,12 +154,15 @@ def test_one_query_against_k_cells_equals_k_separate_calls():
     lengths = [3, 8, 1, 5, 6]
     cells = random_cells(lengths)
     k = len(lengths)
-    repeated = {**text, "hint_index": text["hint_index"].repeat(k, 1), "hint_mask": text["hint_mask"].repeat(k, 1)}
+    repeated = {**text, "hint_index": text["hint_index"].repeat(k, 1),
+                "hint_mask": text["hint_mask"].repeat(k, 1)}
     with torch.no_grad():
         together = m(repeated, cells)
-        separate = [m(text, {key: v[i:i + 1, :lengths[i]] for key, v in cells.items()}) for i in range(k)]
+        separate = [m(text, {key: v[i:i + 1, :lengths[i]] for key, v in cells.items()})
+                    for i in range(k)]
     assert torch.allclose(together.offset, torch.cat([s.offset for s in separate]), atol=1e-5)
-    assert torch.allclose(together.precision, torch.cat([s.precision for s in separate]), atol=1e-5)
+    assert torch.allclose(together.precision, torch.cat([s.precision for s in separate]),
+                          atol=1e-5)
 
 
 def test_reverse_valid_reverses_the_prefix_only_and_is_its_own_inverse():
@@ -163,7 +185,7 @@ def test_invalid_masks_are_refused():
 
 
 def _fit_a_few_steps(m: FineModel, steps: int = 25) -> None:
-    """Train on random cells whose target (the mean object centre) does not depend on object order."""
+    """Train on random cells whose target (the mean object centre) ignores the object order."""
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(1)
     import numpy as np
@@ -172,7 +194,8 @@ def _fit_a_few_steps(m: FineModel, steps: int = 25) -> None:
     for step in range(steps):
         lengths = torch.randint(2, 12, (16,), generator=gen).tolist()
         cells, text = random_cells(lengths, seed=step), random_text([6] * 16, seed=step)
-        target = (cells["centers"][..., :2] * cells["mask"].unsqueeze(-1)).sum(1) / cells["mask"].sum(1, keepdim=True)
+        target = ((cells["centers"][..., :2] * cells["mask"].unsqueeze(-1)).sum(1)
+                  / cells["mask"].sum(1, keepdim=True))
         out = m(text, permute_objects(cells, rng))
         loss = fine_loss(out.offset, out.precision, target - 0.5)
         opt.zero_grad()
@@ -210,7 +233,10 @@ def test_permuting_objects_changes_the_prediction_little():
 
 @pytest.mark.parametrize("error", [0.02, 0.2, 1.5])
 def test_ugfl_loss_optimum_is_lambda_star_equal_error_to_the_minus_half(error):
-    """Spec §8.1: for a fixed L1 error e, argmin over lambda of lambda e + 1/lambda = e^(-1/2), min 2 sqrt(e)."""
+    """arXiv 2601.03579 §3.4, Eq. (16): for a fixed L1 error e, lambda e + 1/lambda.
+
+    Its argmin over lambda is e^(-1/2), its minimum 2 sqrt(e).
+    """
     offset, target = torch.tensor([[error * 0.25, -error * 0.75]]), torch.zeros(1, 2)
     lambdas = torch.logspace(-3, 3, 20001)
     losses = torch.stack([ugfl_loss(offset, lam.view(1), target) for lam in lambdas[::20]])
@@ -274,7 +300,8 @@ def test_state_round_trips_through_a_checkpoint(tmp_path):
     m.eval()
     stem = tmp_path / "fine"
     save_checkpoint(m, stem, {"kind": "fine", "architecture": m.cfg.to_dict()})
-    loaded, config = load_checkpoint(lambda c: FineModel(FineConfig.from_dict(c["architecture"])), stem)
+    loaded, config = load_checkpoint(lambda c: FineModel(FineConfig.from_dict(c["architecture"])),
+                                     stem)
     assert config["kind"] == "fine" and loaded.cfg == m.cfg
     text, cells = random_text([6, 3]), random_cells([5, 2])
     with torch.no_grad():
