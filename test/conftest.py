@@ -51,7 +51,10 @@ def ros_env():
 
 @pytest.fixture
 def ros_env_here(ros_env, monkeypatch):
-    """The isolation of ``ros_env`` for rclpy running in the test's own process (rcl reads it at init)."""
+    """The isolation of ``ros_env`` for rclpy running in the test's own process.
+
+    rcl reads it at init.
+    """
     for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS"):
         monkeypatch.setenv(key, ros_env[key])
     monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
@@ -93,7 +96,8 @@ def tiny_weights(tiny_dataset, tmp_path_factory):
     train_coarse(CoarseTrainConfig(data=str(tiny_dataset), out=str(out), epochs=1, batch_size=16,
                                    pointnet=str(stem), cache=cache, max_train_queries=96,
                                    model=CoarseConfig(d=32)), progress=False)
-    train_fine(FineTrainConfig(data=str(tiny_dataset), out=str(out), epochs=1, batch_size=16, pointnet=str(stem),
-                               cache=cache, max_train_queries=96, warmup_epochs=0,
+    train_fine(FineTrainConfig(data=str(tiny_dataset), out=str(out), epochs=1, batch_size=16,
+                               pointnet=str(stem), cache=cache, max_train_queries=96,
+                               warmup_epochs=0,
                                model=FineConfig(d=32)), progress=False)
     return out

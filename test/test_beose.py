@@ -64,22 +64,25 @@ def check_outputs(out, mask):
 
 def test_pair_affine_equals_concatenated_linear():
     gen = torch.Generator().manual_seed(0)
-    B, N, De, O = 3, 7, 5, 6
+    B, N, De, Dout = 3, 7, 5, 6
     nodes = torch.randn(B, N, D, generator=gen, dtype=torch.float64)
     edges = torch.randn(B, N, N, De, generator=gen, dtype=torch.float64)
     for with_edges in (True, False):
-        lin = torch.nn.Linear(2 * D + (De if with_edges else 0), O).double()
+        lin = torch.nn.Linear(2 * D + (De if with_edges else 0), Dout).double()
         pairs = [nodes.unsqueeze(2).expand(B, N, N, D), nodes.unsqueeze(1).expand(B, N, N, D)]
         if with_edges:
             pairs.append(edges)
         naive = lin(torch.cat(pairs, dim=-1))
         fast = pair_affine(lin.weight, lin.bias, nodes, edges if with_edges else None)
-        assert fast.shape == (B, N, N, O)
+        assert fast.shape == (B, N, N, Dout)
         assert torch.allclose(fast, naive, atol=1e-12)
 
 
 def naive_beose(module, x, centroids, mask):
-    """BEOSE written literally (§3.2): concatenation, P0, P1 = ctrl(P0), Bézier with P2 = P0."""
+    """BEOSE (spatialoc_ros/networks/beose.py) written literally.
+
+    Concatenation, P0, P1 = ctrl(P0), Bézier with P2 = P0.
+    """
     B, N, d = x.shape
     node_mask = mask.unsqueeze(-1).to(x.dtype)
     edge_mask = (mask.unsqueeze(2) & mask.unsqueeze(1)).unsqueeze(-1).to(x.dtype)
@@ -129,14 +132,15 @@ def test_beose_ablated_equals_single_fuse_pass():
 
 
 def naive_text_graph(module, hints, mask):
-    """§1.4 written literally, with concatenations."""
+    """The text graph of spatialoc_ros/networks/text_graph.py, literally, with concatenations."""
     B, Q, d = hints.shape
     node_mask = mask.unsqueeze(-1).to(hints.dtype)
     edge_mask = (mask.unsqueeze(2) & mask.unsqueeze(1)).unsqueeze(-1).to(hints.dtype)
     t, r = hints, None
     for _ in range(module.iterations):
         t_new = torch.tanh(module.go(t)) * node_mask
-        pair = torch.cat([t.unsqueeze(2).expand(B, Q, Q, d), t.unsqueeze(1).expand(B, Q, Q, d)], -1)
+        pair = torch.cat([t.unsqueeze(2).expand(B, Q, Q, d), t.unsqueeze(1).expand(B, Q, Q, d)],
+                         -1)
         if r is None:
             r = module.rel(pair)
         r = torch.tanh(module.gr(torch.cat([pair, r], -1))) * edge_mask
@@ -433,5 +437,6 @@ def test_ga_checkpoints_with_the_old_inert_mu_bias_load_and_answer_the_same(tmp_
         old.mu.weight.copy_(ga.mu.weight)
         old.mu.bias.copy_(state["mu.bias"])
         torch.testing.assert_close(back(edges, mask), want)
-        # softmax(x + c) = softmax(x) in exact arithmetic; float32 rounding of x + c is all that differs
+        # softmax(x + c) = softmax(x) in exact arithmetic; float32 rounding of x + c is all
+        # that differs
         torch.testing.assert_close(old(edges, mask), want, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Caches follow what they were computed from, and a damaged cache file is rebuilt, never trusted."""
+"""Caches follow what they were computed from; a damaged cache file is rebuilt, never trusted."""
 import logging
 import shutil
 
@@ -43,7 +43,8 @@ def localizer(root, weights, cache, scenes=None):
     return Localizer(root, weights, scenes=scenes, device="cpu", cache=cache, top_k=5)
 
 
-def test_a_changed_map_under_the_same_ids_is_encoded_again(tiny_dataset, tiny_weights, tmp_path, caplog):
+def test_a_changed_map_under_the_same_ids_is_encoded_again(tiny_dataset, tiny_weights, tmp_path,
+                                                           caplog):
     root = copy_scene(tiny_dataset, tmp_path / "map", VAL_SCENE)
     cache = tmp_path / "cache"
     before = localizer(root, tiny_weights, cache)
@@ -75,8 +76,8 @@ def flip_tail(path):
 
 @pytest.mark.parametrize("damage", [truncate, flip_tail], ids=["truncated", "flipped"])
 @pytest.mark.parametrize("prefix", ["cellbank", "gallery"])
-def test_a_damaged_feature_cache_is_rebuilt_with_one_warning(tiny_dataset, tiny_weights, tmp_path, caplog,
-                                                            prefix, damage):
+def test_a_damaged_feature_cache_is_rebuilt_with_one_warning(tiny_dataset, tiny_weights, tmp_path,
+                                                             caplog, prefix, damage):
     cache = tmp_path / "cache"
     want = localizer(tiny_dataset, tiny_weights, cache, [VAL_SCENE]).localize(GOOD)
     (path,) = cache.glob(f"{prefix}*.safetensors")
@@ -88,7 +89,8 @@ def test_a_damaged_feature_cache_is_rebuilt_with_one_warning(tiny_dataset, tiny_
     same_answer(again.localize(GOOD), want)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="spatialoc_ros"):
-        localizer(tiny_dataset, tiny_weights, cache, [VAL_SCENE])  # rewritten whole: read back silently
+        # rewritten whole: read back silently
+        localizer(tiny_dataset, tiny_weights, cache, [VAL_SCENE])
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 

@@ -14,7 +14,8 @@ from spatialoc_ros.networks.pointnet import PointNet2
 
 def small_model(width=4):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, 2))
+    return nn.Sequential(nn.Linear(3, width), nn.BatchNorm1d(width), nn.ReLU(),
+                         nn.Linear(width, 2))
 
 
 def saved(tmp_path, model=None):
@@ -41,7 +42,8 @@ def test_pointnet_round_trip_gives_equal_outputs(tmp_path):
     tensors, config_path = save_checkpoint(model, tmp_path / "pointnet",
                                            {"architecture": model.config(), "classes": ["a"]})
     assert tensors.name == "pointnet.safetensors" and config_path.name == "pointnet.json"
-    loaded, config = load_checkpoint(lambda cfg: PointNet2(**cfg["architecture"]), tmp_path / "pointnet")
+    loaded, config = load_checkpoint(lambda cfg: PointNet2(**cfg["architecture"]),
+                                     tmp_path / "pointnet")
     assert not loaded.training
     with torch.no_grad():
         torch.testing.assert_close(loaded(xyz, rgb), expected, rtol=0, atol=0)
@@ -86,7 +88,8 @@ def test_broken_files_are_named(tmp_path):
     assert "m.safetensors" in one_line_error(lambda: load_checkpoint(small_model(), stem))
     paths(stem)[1].write_text("{broken")
     assert "m.json" in one_line_error(lambda: load_checkpoint(small_model(), stem))
-    assert "file not found" in one_line_error(lambda: load_checkpoint(small_model(), tmp_path / "nothing"))
+    assert "file not found" in one_line_error(
+        lambda: load_checkpoint(small_model(), tmp_path / "nothing"))
 
 
 def test_non_finite_weights_are_refused(tmp_path):
@@ -98,7 +101,8 @@ def test_non_finite_weights_are_refused(tmp_path):
 
 
 def test_factory_errors_are_one_line(tmp_path):
-    message = one_line_error(lambda: load_checkpoint(lambda cfg: PointNet2(**cfg["nope"]), saved(tmp_path)))
+    message = one_line_error(
+        lambda: load_checkpoint(lambda cfg: PointNet2(**cfg["nope"]), saved(tmp_path)))
     assert "m.json" in message and "nope" in message
 
 
@@ -129,7 +133,8 @@ def test_float16_storage_keeps_buffers_and_loads_into_float32(tmp_path):
     save_checkpoint(model, tmp_path / "half", {"architecture": {}}, dtype=torch.float16)
     save_checkpoint(model, tmp_path / "full", {"architecture": {}})
     stored = load_file(str(tmp_path / "half.safetensors"))
-    assert stored["0.weight"].dtype == torch.float16 and stored["1.running_var"].dtype == torch.float32
+    assert (stored["0.weight"].dtype == torch.float16
+            and stored["1.running_var"].dtype == torch.float32)
     assert load_config(tmp_path / "half")["stored_dtype"] == "float16"
     half_size = (tmp_path / "half.safetensors").stat().st_size
     assert half_size < 0.7 * (tmp_path / "full.safetensors").stat().st_size

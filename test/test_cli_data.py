@@ -1,4 +1,4 @@
-"""The ``spatialoc data`` commands, run in-process through ``cli.main`` and once as a subprocess."""
+"""The ``spatialoc data`` commands, run in-process through ``cli.main``, once as a subprocess."""
 import json
 import os
 import pickle
@@ -78,7 +78,8 @@ def test_missing_folder_is_one_line(capsys, tmp_path):
     status, out, err = run(capsys, "data", "stats", missing)
     assert_one_line_error(status, err, str(missing), "no such dataset folder")
     assert out == ""
-    status, _, err = run(capsys, "data", "show", missing, "--scene", "0010", "--out", tmp_path / "x.png")
+    status, _, err = run(capsys, "data", "show", missing, "--scene", "0010", "--out",
+                         tmp_path / "x.png")
     assert_one_line_error(status, err, "no such dataset folder")
     assert not (tmp_path / "x.png").exists()
 
@@ -120,11 +121,12 @@ def test_subprocess_missing_folder_prints_one_line_without_traceback(tmp_path):
 
 def test_help_does_not_import_heavy_libraries(tmp_path):
     code = ("import sys\nfrom spatialoc_ros.cli import main\nstatus = main(['--help'])\n"
-            "heavy = [m for m in ('torch', 'open3d', 'matplotlib', 'spatialoc_ros.data.kitti360pose') "
+            "heavy = [m for m in ('torch', 'open3d', 'matplotlib', "
+            "'spatialoc_ros.data.kitti360pose') "
             "if m in sys.modules]\nprint('HEAVY', heavy, status)\n")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                          env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY [] 0" in proc.stdout
 
@@ -140,11 +142,13 @@ def test_synth_passes_its_arguments_and_prints_a_summary(capsys, monkeypatch, tm
     def synthesize(preset, seed, out, workers=None, progress=True):
         calls.append((preset, seed, str(out), workers, progress))
         return {"preset": preset, "seed": seed, "out": str(out), "seconds": 1.25, "scenes": {
-            TRAIN_SCENE: {"cells": 10, "poses": 40}, "2013_05_28_drive_0002_sync": {"cells": 5, "poses": 8},
+            TRAIN_SCENE: {"cells": 10, "poses": 40},
+            "2013_05_28_drive_0002_sync": {"cells": 5, "poses": 8},
             VAL_SCENE: {"cells": 7, "poses": 12}}}
 
     monkeypatch.setattr(data_pkg, "synth", SimpleNamespace(synthesize=synthesize), raising=False)
-    status, out, _ = run(capsys, "data", "synth", "--preset", "small", "--out", tmp_path / "o", "--workers", 3)
+    status, out, _ = run(capsys, "data", "synth", "--preset", "small", "--out", tmp_path / "o",
+                         "--workers", 3)
     assert status == 0
     assert calls == [("small", 0, str(tmp_path / "o"), 3, True)]
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()}
@@ -153,7 +157,8 @@ def test_synth_passes_its_arguments_and_prints_a_summary(capsys, monkeypatch, tm
     assert rows["all"] == ["3", "22", "60"]
     assert out.rstrip().endswith(f"wrote {tmp_path / 'o'} in 1.2 s")
 
-    run(capsys, "data", "synth", "--preset", "tiny", "--seed", 7, "--out", tmp_path / "p", "--quiet")
+    run(capsys, "data", "synth", "--preset", "tiny", "--seed", 7, "--out", tmp_path / "p",
+        "--quiet")
     assert calls[-1] == ("tiny", 7, str(tmp_path / "p"), None, False)
 
 
@@ -175,11 +180,12 @@ def test_synth_presets_match_the_generator():
 
 
 def test_synth_rejects_bad_worker_counts(capsys, tmp_path):
-    status, _, err = run(capsys, "data", "synth", "--preset", "tiny", "--out", tmp_path, "--workers", 0)
+    status, _, err = run(capsys, "data", "synth", "--preset", "tiny", "--out", tmp_path,
+                         "--workers", 0)
     assert_one_line_error(status, err, "--workers must be at least 1")
 
 
-# --------------------------------------------------------------------------- data stats / show on files
+# ---------------------------------------------------------------------- data stats / show on files
 
 
 def test_stats_json_on_a_written_folder(capsys, dataset):
@@ -197,7 +203,8 @@ def test_stats_tables_and_split_filter(capsys, dataset):
     root, _ = dataset
     status, out, _ = run(capsys, "data", "stats", root)
     assert status == 0
-    assert any(line.split()[:6] == [VAL_SCENE, "val", "2", "1", "36", "4"] for line in out.splitlines())
+    assert any(line.split()[:6] == [VAL_SCENE, "val", "2", "1", "36", "4"]
+               for line in out.splitlines())
     status, out, _ = run(capsys, "data", "stats", root, "--split", "val", "--json")
     assert status == 0
     assert list(json.loads(out)["scenes"]) == [VAL_SCENE]
@@ -228,7 +235,8 @@ def test_hostile_and_truncated_pickles_are_one_line_errors(capsys, dataset, tmp_
 
     train_file = root / "poses" / f"{TRAIN_SCENE}.pkl"
     train_file.write_bytes(train_file.read_bytes()[:100])
-    status, _, err = run(capsys, "data", "show", root, "--scene", "0000", "--out", tmp_path / "s.png")
+    status, _, err = run(capsys, "data", "show", root, "--scene", "0000", "--out",
+                         tmp_path / "s.png")
     assert_one_line_error(status, err, str(train_file))
 
 
@@ -244,18 +252,21 @@ def test_show_writes_a_png_for_a_short_scene_name(capsys, dataset, tmp_path):
     pixels = imread(png)
     assert pixels.reshape(-1, pixels.shape[2]).std(axis=0).max() > 0.01
 
-    status, _, _ = run(capsys, "data", "show", root, "--scene", VAL_SCENE, "--out", png, "--cells", 1)
+    status, _, _ = run(capsys, "data", "show", root, "--scene", VAL_SCENE, "--out", png,
+                       "--cells", 1)
     assert status == 0
 
 
 def test_show_rejects_unknown_and_absent_scenes(capsys, dataset, tmp_path):
     root, _ = dataset
-    status, _, err = run(capsys, "data", "show", root, "--scene", "9999", "--out", tmp_path / "a.png")
+    status, _, err = run(capsys, "data", "show", root, "--scene", "9999", "--out",
+                         tmp_path / "a.png")
     assert_one_line_error(status, err, "unknown scene '9999'")
-    status, _, err = run(capsys, "data", "show", root, "--scene", "0003", "--out", tmp_path / "b.png")
+    status, _, err = run(capsys, "data", "show", root, "--scene", "0003", "--out",
+                         tmp_path / "b.png")
     assert_one_line_error(status, err, "2013_05_28_drive_0003_sync")
-    status, _, err = run(capsys, "data", "show", root, "--scene", "0000", "--out", tmp_path / "c.png",
-                         "--cells", 0)
+    status, _, err = run(capsys, "data", "show", root, "--scene", "0000", "--out",
+                         tmp_path / "c.png", "--cells", 0)
     assert_one_line_error(status, err, "--cells")
 
 
@@ -264,8 +275,8 @@ def test_show_rejects_unknown_and_absent_scenes(capsys, dataset, tmp_path):
 
 def test_synth_tiny_then_stats_and_show(capsys, tmp_path):
     out_dir = tmp_path / "tiny"
-    status, out, err = run(capsys, "data", "synth", "--preset", "tiny", "--out", out_dir, "--quiet",
-                           "--workers", 2)
+    status, out, err = run(capsys, "data", "synth", "--preset", "tiny", "--out", out_dir,
+                           "--quiet", "--workers", 2)
     assert status == 0, err
     assert f"wrote {out_dir}" in out
     status, out, _ = run(capsys, "data", "stats", out_dir, "--json")

@@ -19,7 +19,10 @@ SMALL = dict(d=32)
 
 @pytest.fixture(scope="module")
 def pointnet_stem(tmp_path_factory):
-    """An untrained, cheap PointNet++ (few neighbours): the pipeline, not the features, is under test."""
+    """An untrained, cheap PointNet++ (few neighbours).
+
+    The pipeline, not the features, is under test.
+    """
     torch.manual_seed(0)
     model = PointNet2(max_neighbours=4)
     stem = tmp_path_factory.mktemp("pointnet") / "pointnet"
@@ -30,8 +33,9 @@ def pointnet_stem(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, pointnet_stem, tmp_path_factory):
     out = tmp_path_factory.mktemp("coarse")
-    cfg = CoarseTrainConfig(data=str(tiny_dataset), out=str(out), epochs=1, batch_size=16, pointnet=pointnet_stem,
-                            cache=str(out / "cache"), max_train_queries=96, model=CoarseConfig(**SMALL))
+    cfg = CoarseTrainConfig(data=str(tiny_dataset), out=str(out), epochs=1, batch_size=16,
+                            pointnet=pointnet_stem, cache=str(out / "cache"), max_train_queries=96,
+                            model=CoarseConfig(**SMALL))
     state = train_coarse(cfg, progress=False)
     return cfg, state
 
@@ -39,7 +43,8 @@ def trained(tiny_dataset, pointnet_stem, tmp_path_factory):
 def test_training_writes_a_complete_weights_folder(trained):
     cfg, state = trained
     assert state["epoch"] == 1 and len(state["history"]) == 1
-    for name in ("coarse.safetensors", "coarse.json", "pointnet.safetensors", "pointnet.json", "coarse_last.pt"):
+    for name in ("coarse.safetensors", "coarse.json", "pointnet.safetensors", "pointnet.json",
+                 "coarse_last.pt"):
         assert (cfg.out + "/" + name) and __import__("pathlib").Path(cfg.out, name).exists(), name
     config = json.loads(open(f"{cfg.out}/coarse.json").read())
     assert config["architecture"]["d"] == 32 and config["architecture"]["token_dim"] == 384
@@ -64,11 +69,13 @@ def test_eval_reports_recall_on_a_split_and_on_a_queries_file(trained, tiny_data
     from spatialoc_ros.data.kitti360pose import load_split
 
     poses = load_split(tiny_dataset, "val").poses[:3]
-    lines = [json.dumps({"text": p.text, "scene": "2013_05_28_drive_0010_sync", "pose_w": list(p.pose_w)})
+    lines = [json.dumps({"text": p.text, "scene": "2013_05_28_drive_0010_sync",
+                         "pose_w": list(p.pose_w)})
              for p in poses]
     queries = tmp_path / "q.jsonl"
     queries.write_text("\n".join(lines) + "\n")
-    report = evaluate(str(tiny_dataset), "val", cfg.out, queries_file=str(queries), cache=cfg.cache, progress=False)
+    report = evaluate(str(tiny_dataset), "val", cfg.out, queries_file=str(queries),
+                      cache=cfg.cache, progress=False)
     assert report["num_queries"] == 3
 
 
@@ -86,10 +93,12 @@ def test_eval_cli_json_shape_and_recall_plot(trained, tiny_dataset, capsys, tmp_
     # the saved report tabulates and plots again without the data or the weights
     saved = tmp_path / "report.json"
     saved.write_text(json.dumps(report))
-    assert main(["eval", "--reports", str(saved), str(saved), "--plot", str(tmp_path / "again.png")]) == 0
+    assert main(["eval", "--reports", str(saved), str(saved),
+                 "--plot", str(tmp_path / "again.png")]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     r = report["retrieval_recall"]
-    assert table[2] == f"| {cfg.out} | {r['1']:.3f} | {r['3']:.3f} | {r['5']:.3f} |" and table[3] == table[2]
+    assert (table[2] == f"| {cfg.out} | {r['1']:.3f} | {r['3']:.3f} | {r['5']:.3f} |"
+            and table[3] == table[2])
     assert (tmp_path / "again.png").stat().st_size > 5000
 
 
@@ -107,8 +116,8 @@ def test_eval_cli_with_several_weights_prints_a_table(trained, tiny_dataset, cap
     cfg, _ = trained
     other = tmp_path / "copy"
     shutil.copytree(cfg.out, other, ignore=shutil.ignore_patterns("*.pt"))
-    assert main(["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", cfg.out, str(other),
-                 "--cache", cfg.cache, "--quiet"]) == 0
+    assert main(["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", cfg.out,
+                 str(other), "--cache", cfg.cache, "--quiet"]) == 0
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("|")]
     assert table[0] == "| weights | recall@1 | recall@3 | recall@5 |" and len(table) == 4
@@ -121,13 +130,14 @@ def test_loading_weights_of_another_shape_names_the_tensor(trained):
     cfg, _ = trained
     with pytest.raises(SpatialocError, match=r"tensor '.*' has shape \[.*\], expected \[.*\]"):
         load_checkpoint(CoarseModel(CoarseConfig(d=64)), f"{cfg.out}/coarse")
-    model, config = load_checkpoint(lambda c: CoarseModel(CoarseConfig.from_dict(c["architecture"])),
-                                    f"{cfg.out}/coarse")
+    model, config = load_checkpoint(
+        lambda c: CoarseModel(CoarseConfig.from_dict(c["architecture"])), f"{cfg.out}/coarse")
     assert config["kind"] == "coarse"
 
 
 def test_missing_weights_is_a_one_line_error(tiny_dataset, tmp_path, capsys):
-    assert main(["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", str(tmp_path)]) == 2
+    assert main(["eval", "--data", str(tiny_dataset), "--split", "val",
+                 "--weights", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "coarse.safetensors" in err
 
@@ -136,4 +146,5 @@ def test_flipping_swaps_direction_words_only():
     s = "The pose is east of a gray-green northeastern pole."
     assert flip_sentence(s, 0) == "The pose is west of a gray-green northeastern pole."
     assert flip_sentence(flip_sentence(s, 1), 1) == s
-    assert flip_sentence("The pose is north of a black road.", 1) == "The pose is south of a black road."
+    assert (flip_sentence("The pose is north of a black road.", 1)
+            == "The pose is south of a black road.")

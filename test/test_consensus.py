@@ -1,4 +1,7 @@
-"""Consensus of overlapping cells: order, fused position, scenes kept apart, the fit, and its storage."""
+"""Consensus of overlapping cells.
+
+Order, fused position, scenes kept apart, the fit, and its storage.
+"""
 import torch
 
 from spatialoc_ros.core.consensus import consensus_order, fit_consensus, mean_shift
@@ -7,8 +10,8 @@ from spatialoc_ros.core.covariance import Calibration, mixture_covariance
 
 def cluster_and_decoy():
     """One query: a lone top-scored cell far away, then three cells agreeing near (100, 100)."""
-    pos = torch.tensor([[[500.0, 500.0], [98.0, 100.0], [102.0, 100.0], [100.0, 103.0], [300.0, 0.0]]],
-                       dtype=torch.float64)
+    pos = torch.tensor([[[500.0, 500.0], [98.0, 100.0], [102.0, 100.0], [100.0, 103.0],
+                         [300.0, 0.0]]], dtype=torch.float64)
     scores = torch.tensor([[3.0, 2.8, 2.7, 2.6, 1.0]], dtype=torch.float64)
     return pos, scores
 
@@ -20,7 +23,8 @@ def test_agreeing_cells_outrank_a_lone_best_score_and_their_mean_is_the_answer()
     assert agreeing[0].tolist() == [3, 1, 1, 3, 3]
     assert order[0, 0] == 1  # the best-scored cell of the agreeing group leads
     assert torch.linalg.norm(fused[0, 0] - torch.tensor([100.0, 101.0], dtype=torch.float64)) < 1.0
-    assert order[0, 1] == 0 and torch.equal(fused[0, 1], pos[0, 0])  # the lone cell next, at its own place
+    # the lone cell next, at its own place
+    assert order[0, 1] == 0 and torch.equal(fused[0, 1], pos[0, 0])
     # the group's other members come after every group's leader, each at its own position
     assert order[0, 2:].tolist() == [4, 2, 3]
     assert torch.equal(fused[0, 3], pos[0, 2]) and torch.equal(fused[0, 4], pos[0, 3])
@@ -29,7 +33,8 @@ def test_agreeing_cells_outrank_a_lone_best_score_and_their_mean_is_the_answer()
 def test_no_bandwidth_is_the_retrieval_order_and_a_sharp_beta_trusts_the_score():
     pos, scores = cluster_and_decoy()
     order, fused, agreeing = consensus_order(pos, scores, beta=1.0, bandwidth=0.0)
-    assert order[0].tolist() == [0, 1, 2, 3, 4] and torch.equal(fused, pos) and (agreeing == 1).all()
+    assert (order[0].tolist() == [0, 1, 2, 3, 4] and torch.equal(fused, pos)
+            and (agreeing == 1).all())
     order, _, _ = consensus_order(pos, scores, beta=50.0, bandwidth=10.0)
     assert order[0, 0] == 0
 
@@ -46,18 +51,24 @@ def test_mean_shift_stops_at_the_weighted_mode():
     pos = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [50.0, 0.0]]], dtype=torch.float64)
     w = torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64)
     modes, support = mean_shift(pos, w, 5.0, torch.zeros(1, 3, dtype=torch.long))
-    assert abs(float(modes[0, 0, 0]) - float(modes[0, 1, 0])) < 1e-2 and 0.0 < float(modes[0, 0, 0]) < 0.5
+    assert (abs(float(modes[0, 0, 0]) - float(modes[0, 1, 0])) < 1e-2
+            and 0.0 < float(modes[0, 0, 0]) < 0.5)
     assert abs(float(modes[0, 2, 0]) - 50.0) < 1e-6
     assert support[0, 0] > support[0, 2]
 
 
 def synthetic_queries(decoy_share: float, n: int = 400, seed: int = 0):
-    """Queries with a cluster of 4 cells around the truth; the top-scored cell is a decoy in some."""
+    """Queries with a cluster of 4 cells around the truth.
+
+    The top-scored cell is a decoy in some.
+    """
     g = torch.Generator().manual_seed(seed)
     truth = torch.rand(n, 2, generator=g, dtype=torch.float64) * 1000
     pos = truth[:, None] + torch.randn(n, 8, 2, generator=g, dtype=torch.float64) * 3
-    pos[:, 4:] = torch.rand(n, 4, 2, generator=g, dtype=torch.float64) * 1000  # scattered wrong cells
-    scores = torch.tensor([2.0, 1.9, 1.8, 1.7, 1.0, 0.9, 0.8, 0.7], dtype=torch.float64).repeat(n, 1)
+    # scattered wrong cells
+    pos[:, 4:] = torch.rand(n, 4, 2, generator=g, dtype=torch.float64) * 1000
+    scores = torch.tensor([2.0, 1.9, 1.8, 1.7, 1.0, 0.9, 0.8, 0.7],
+                          dtype=torch.float64).repeat(n, 1)
     decoy = torch.rand(n, generator=g) < decoy_share
     pos[decoy, 0] = torch.rand(int(decoy.sum()), 2, generator=g, dtype=torch.float64) * 1000
     return pos, scores, truth
@@ -72,7 +83,8 @@ def test_fit_finds_the_consensus_when_the_top_cell_is_often_a_decoy_and_keeps_re
     base = float(((pos[:, 0] - truth).norm(dim=-1) <= 10).double().mean())
     assert base < 0.7
     # a lone exact top cell and a cluster elsewhere: the consensus would move away from the truth
-    pos = torch.rand(400, 8, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1000
+    pos = torch.rand(400, 8, 2, generator=torch.Generator().manual_seed(1),
+                     dtype=torch.float64) * 1000
     pos[:, 1:4] = pos[:, 1:2] + torch.randn(400, 3, 2, dtype=torch.float64)
     truth = pos[:, 0].clone()
     assert fit_consensus(pos, scores, scene, truth, same)[:2] == (0.0, 0.0)
@@ -89,5 +101,7 @@ def test_mixture_covariance_about_a_given_centre():
     pos = torch.tensor([[[0.0, 0.0], [10.0, 0.0]]], dtype=torch.float64)
     var = torch.tensor([[4.0, 1.0]], dtype=torch.float64)
     w = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
-    cov = mixture_covariance(pos, var, w, centre=torch.tensor([[5.0, 0.0]], dtype=torch.float64))[0]
-    torch.testing.assert_close(cov, torch.tensor([[2.5 + 25.0, 0.0], [0.0, 2.5]], dtype=torch.float64))
+    cov = mixture_covariance(pos, var, w,
+                             centre=torch.tensor([[5.0, 0.0]], dtype=torch.float64))[0]
+    torch.testing.assert_close(cov, torch.tensor([[2.5 + 25.0, 0.0], [0.0, 2.5]],
+                                                 dtype=torch.float64))

@@ -4,17 +4,20 @@ import math
 import numpy as np
 import torch
 
-from spatialoc_ros.core.covariance import (Calibration, MAX_VARIANCE_M2, hypothesis_variance, mixture_covariance,
-                                      mixture_weights)
-from spatialoc_ros.evaluation.localization import (COVERAGE_TOLERANCE, TARGET_1SIGMA, TARGET_2SIGMA,
-                                                   calibration_report, candidate_errors, fit_calibration, gaussian_nll,
-                                                   localization_recall, mahalanobis_sq, published_covariance)
+from spatialoc_ros.core.covariance import (Calibration, MAX_VARIANCE_M2, hypothesis_variance,
+                                           mixture_covariance, mixture_weights)
+from spatialoc_ros.evaluation.localization import (COVERAGE_TOLERANCE, TARGET_1SIGMA,
+                                                   TARGET_2SIGMA, calibration_report,
+                                                   candidate_errors, fit_calibration, gaussian_nll,
+                                                   localization_recall, mahalanobis_sq,
+                                                   published_covariance)
 
 
 def test_variance_follows_precision_and_cell_size():
     lam = torch.tensor([[0.5, 2.0, 1e-3]], dtype=torch.float64)
     var = hypothesis_variance(lam, torch.full((1, 3), 30.0, dtype=torch.float64), scale=0.01)
-    torch.testing.assert_close(var, torch.tensor([[18.0, 4.5, min(9000.0, MAX_VARIANCE_M2)]], dtype=torch.float64))
+    torch.testing.assert_close(var, torch.tensor([[18.0, 4.5, min(9000.0, MAX_VARIANCE_M2)]],
+                                                 dtype=torch.float64))
 
 
 def test_mixture_covariance_is_symmetric_positive_definite_and_widens_with_doubt():
@@ -32,7 +35,8 @@ def test_mixture_covariance_is_symmetric_positive_definite_and_widens_with_doubt
     # one certain hypothesis leaves its own isotropic variance
     w = torch.zeros(50, 10, dtype=torch.float64)
     w[:, 0] = 1
-    torch.testing.assert_close(mixture_covariance(pos, var, w), var[:, 0, None, None] * torch.eye(2).double())
+    torch.testing.assert_close(mixture_covariance(pos, var, w),
+                               var[:, 0, None, None] * torch.eye(2).double())
 
 
 def test_mixture_covariance_by_hand():
@@ -41,7 +45,8 @@ def test_mixture_covariance_by_hand():
     w = torch.tensor([[0.75, 0.25]], dtype=torch.float64)
     cov = mixture_covariance(pos, var, w)[0]
     torch.testing.assert_close(cov, torch.tensor([[0.75 * 4 + 0.25 * 1 + 0.25 * 100, 0.0],
-                                                  [0.0, 0.75 * 4 + 0.25 * 1]], dtype=torch.float64))
+                                                  [0.0, 0.75 * 4 + 0.25 * 1]],
+                                                 dtype=torch.float64))
 
 
 def test_localization_recall_counts_other_scenes_as_misses():
@@ -67,11 +72,15 @@ def test_calibrated_gaussian_errors_give_the_textbook_coverage():
     sigma = torch.rand(n, generator=g, dtype=torch.float64) * 5 + 1
     err = torch.randn(n, 2, generator=g, dtype=torch.float64) * sigma[:, None]
     rep = calibration_report(err, sigma[:, None, None] ** 2 * torch.eye(2).double())
-    assert abs(rep["within_1sigma"] - TARGET_1SIGMA) < 0.015 and abs(rep["within_2sigma"] - TARGET_2SIGMA) < 0.015
+    assert (abs(rep["within_1sigma"] - TARGET_1SIGMA) < 0.015
+            and abs(rep["within_2sigma"] - TARGET_2SIGMA) < 0.015)
 
 
 def test_fit_recovers_the_scale_of_overconfident_precisions():
-    """Errors drawn with variance 9 x what 1/lambda claims: the fit finds scale near 9 / 900 (cells of 30 m)."""
+    """Errors drawn with variance 9 x what 1/lambda claims.
+
+    The fit finds scale near 9 / 900 (cells of 30 m).
+    """
     g = torch.Generator().manual_seed(2)
     b, k = 4000, 3
     lam = torch.rand(b, k, generator=g, dtype=torch.float64) * 4 + 0.5
@@ -84,7 +93,8 @@ def test_fit_recovers_the_scale_of_overconfident_precisions():
     scores = torch.tensor([10.0, -10.0, -10.0], dtype=torch.float64).expand(b, k)
     cal, rep = fit_calibration(pos, scores, lam, size, truth, fitted_on="synthetic")
     assert abs(math.log10(cal.scale) - math.log10(0.09)) < 0.15
-    assert abs(rep["within_1sigma"] - TARGET_1SIGMA) < 0.03 and abs(rep["within_2sigma"] - TARGET_2SIGMA) < 0.03
+    assert (abs(rep["within_1sigma"] - TARGET_1SIGMA) < 0.03
+            and abs(rep["within_2sigma"] - TARGET_2SIGMA) < 0.03)
     back = Calibration.from_dict(cal.to_dict())
     assert back == cal
     cov = published_covariance(pos, scores, lam, size, back)
@@ -93,7 +103,9 @@ def test_fit_recovers_the_scale_of_overconfident_precisions():
 
 
 def test_fit_prefers_the_likelihood_when_coverage_cannot_tell_betas_apart():
-    """One query in eight picked a wrong cell 150 m away; its runner-up, at the truth, scores a little lower.
+    """One query in eight picked a wrong cell 150 m away.
+
+    Its runner-up, at the truth, scores a little lower.
 
     A sharp mixture (large beta) leaves those errors far outside small ellipses yet
     matches the coverage targets at least as well as a softer one; within the
@@ -106,7 +118,8 @@ def test_fit_prefers_the_likelihood_when_coverage_cannot_tell_betas_apart():
     size = torch.full((b, k), 30.0, dtype=torch.float64)
     truth = torch.zeros(b, 2, dtype=torch.float64)
     pos = torch.zeros(b, k, 2, dtype=torch.float64)
-    r = 6.0 * torch.rand(b, generator=g, dtype=torch.float64).sqrt()  # right answers: uniform in a 6 m disc
+    # right answers: uniform in a 6 m disc
+    r = 6.0 * torch.rand(b, generator=g, dtype=torch.float64).sqrt()
     a = 2 * math.pi * torch.rand(b, generator=g, dtype=torch.float64)
     pos[:, 0, 0], pos[:, 0, 1] = r * torch.cos(a), r * torch.sin(a)
     pos[:, 1] = 400.0
@@ -119,6 +132,7 @@ def test_fit_prefers_the_likelihood_when_coverage_cannot_tell_betas_apart():
     assert abs(rep["within_1sigma"] - TARGET_1SIGMA) <= COVERAGE_TOLERANCE
     assert abs(rep["within_2sigma"] - TARGET_2SIGMA) <= COVERAGE_TOLERANCE
     sharp = min(calibration_report(truth - pos[:, 0], published_covariance(
-        pos, scores, lam, size, Calibration(10 ** ls, 64.0)))["nll"] for ls in np.arange(-4, 1, 0.1))
+        pos, scores, lam, size, Calibration(10 ** ls, 64.0)))["nll"]
+        for ls in np.arange(-4, 1, 0.1))
     assert cal.beta < 64.0
     assert rep["nll"] < sharp - 1.0

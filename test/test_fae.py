@@ -80,7 +80,8 @@ def test_fae_rejects_masks_it_cannot_honour():
 def test_high_index_mask_keeps_half_a_low_band():
     """Bins >= floor(0.7 * 256) = 179 are frequencies -77..-1.
 
-    So Re(IFFT) is 1/2 x the band |f| in 1..77; DC and 78..128 are dropped (spec §5.2).
+    So Re(IFFT) is 1/2 x the band |f| in 1..77; DC and 78..128 are dropped (the mask
+    1[m >= 0.7T] of arXiv 2601.03579 §3.3, Eq. (12); see spatialoc_ros/networks/fae.py).
     """
     for f in (1, 10, 77):
         torch.testing.assert_close(high_index_filter(cosine(D, f)), 0.5 * cosine(D, f))
@@ -116,7 +117,8 @@ def test_global_text_shapes_unit_norm_and_mamba_config():
     out = enc(h, prefix_mask([6, 2, 1], 6))
     assert out.shape == (3, D)
     assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
-    # Mamba2(256): d_state 128, expand 4, headdim 64 -> in_proj 2320 x 256, 16 heads (spec §1.6)
+    # Mamba2(256): d_state 128, expand 4, headdim 64 -> in_proj 2320 x 256, 16 heads
+    # (see spatialoc_ros/networks/mamba.py)
     assert tuple(enc.mamba.in_proj.weight.shape) == (2320, D)
     assert enc.mamba.nheads == 16
     assert enc.tel.linear1.out_features == 4 * D and enc.tel.self_attn.num_heads == 4
@@ -125,7 +127,10 @@ def test_global_text_shapes_unit_norm_and_mamba_config():
 
 
 def test_global_text_single_residual():
-    """Q_glo = L2(max TEL(Mamba2(H))): no second residual around the TEL ([REC], spec §6)."""
+    """Q_glo = L2(max TEL(Mamba2(H))): no second residual around the TEL.
+
+    See spatialoc_ros/networks/global_text.py.
+    """
     torch.manual_seed(3)
     enc = GlobalTextEncoder(32).eval()
     h = torch.randn(2, 6, 32)

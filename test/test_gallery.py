@@ -1,4 +1,7 @@
-"""The encoded gallery: the fast scorer gives the losses' set similarity, the disk cache is keyed right."""
+"""The encoded gallery.
+
+The fast scorer gives the losses' set similarity, the disk cache is keyed right.
+"""
 import torch
 import torch.nn.functional as F
 
@@ -21,14 +24,18 @@ def random_pair(b=7, c=23, q=6, n=9, d=16, seed=0):
     def unit(*shape):
         return F.normalize(torch.randn(*shape, generator=g), dim=-1)
 
-    query = CoarseOutputs(q_glo=unit(b, d), t_obj=unit(b, q, d), t_rel=unit(b, q, d), t_mask=ragged(b, q, seed))
+    query = CoarseOutputs(q_glo=unit(b, d), t_obj=unit(b, q, d), t_rel=unit(b, q, d),
+                          t_mask=ragged(b, q, seed))
     gallery = CoarseOutputs(p_glo=unit(c, d), p_obj=unit(c, n, d), p_rel=unit(c, n, d),
                             p_mask=ragged(c, n, seed + 1))
     return query, gallery
 
 
 def reference_scores(query, gallery):
-    """The fused score written out with the training losses' set similarity (spec §7.6)."""
+    """The fused score written out with the training losses' set similarity.
+
+    z(s_glo) + z(s_obj) + z(s_rel), see spatialoc_ros/core/retrieval.py.
+    """
     return (zscore(query.q_glo @ gallery.p_glo.t())
             + zscore(set_similarity(query.t_obj, query.t_mask, gallery.p_obj, gallery.p_mask))
             + zscore(set_similarity(query.t_rel, query.t_mask, gallery.p_rel, gallery.p_mask)))
@@ -95,7 +102,8 @@ def test_gallery_is_encoded_once_per_weights_and_map(tmp_path, monkeypatch):
     load_or_encode_gallery(None, bank, tmp_path, weights, "another-bank")
     assert len(calls) == 3
     assert gallery_key(weights, "x") != gallery_key(weights, "y")
-    load_or_encode_gallery(None, bank, None, weights, "bank-key")  # no cache folder: always encodes
+    # no cache folder: always encodes
+    load_or_encode_gallery(None, bank, None, weights, "bank-key")
     assert len(calls) == 4
 
 
@@ -111,5 +119,6 @@ def test_cache_moves_to_the_home_folder_when_the_dataset_is_read_only(tmp_path, 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     moved = cache_dir(data)
-    assert moved.is_dir() and str(moved).startswith(str(tmp_path / "home" / ".cache" / "spatialoc_ros"))
+    assert moved.is_dir() and str(moved).startswith(
+        str(tmp_path / "home" / ".cache" / "spatialoc_ros"))
     assert cache_dir(data, tmp_path / "explicit") == tmp_path / "explicit"

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 
 from spatialoc_ros.data import constants as C
-from spatialoc_ros.data.cells import SceneIndex, SceneObject, build_cell, grid_cell_centers, subsample_locations
-from spatialoc_ros.data.describe import _round_robin, describe_in_pose_cell, direction_word, ground_in_best_cell
+from spatialoc_ros.data.cells import (SceneIndex, SceneObject, build_cell, grid_cell_centers,
+                                      subsample_locations)
+from spatialoc_ros.data.describe import (_round_robin, describe_in_pose_cell, direction_word,
+                                         ground_in_best_cell)
 from spatialoc_ros.data.schema import Cell, Object3d, color_name
 
 
@@ -41,11 +43,14 @@ def _obj(iid, label, xyz, grey=0.5):
 
 
 def test_build_cell_crops_and_splits_stuff_and_keeps_instances_whole():
-    road = np.concatenate([_plane(-20, 20, -3, 3), _plane(-20, 20, 8, 14)])  # two strips, one instance
+    # two strips, one instance
+    road = np.concatenate([_plane(-20, 20, -3, 3), _plane(-20, 20, 8, 14)])
     pole_in = _obj(2, "pole", np.array([[1.0, 1.0, z] for z in np.linspace(0, 6, 40)]))
     half_out = np.array([[14.0 + 0.1 * k, 0.0, 1.0] for k in range(40)])  # 1/4 inside x <= 15
     pole_out = _obj(3, "pole", half_out)
-    extra = [_obj(10 + k, "lamp", np.array([[-10.0 + 3 * k, 5.0, z] for z in np.linspace(0, 5, 30)])) for k in range(4)]
+    extra = [_obj(10 + k, "lamp",
+                  np.array([[-10.0 + 3 * k, 5.0, z] for z in np.linspace(0, 5, 30)]))
+             for k in range(4)]
     index = SceneIndex([_obj(1, "road", road), pole_in, pole_out] + extra)
     bbox = np.array([-15.0, -15.0, -15.0, 15.0, 15.0, 15.0])
     cell = build_cell(index, bbox, "0000_00001", "0000")
@@ -69,7 +74,8 @@ def test_subsampling_is_greedy_and_grid_follows_locations():
     assert np.all(np.diff(locs[:, 0]) >= 10.0)
     locs[:, 1] = np.linspace(0, 30, 10)
     centers = grid_cell_centers(locs)
-    assert np.all(np.mod(centers[:, :2] - [int(locs[:, 0].min()), int(locs[:, 1].min())], 10.0) == 0)
+    assert np.all(np.mod(centers[:, :2] - [int(locs[:, 0].min()), int(locs[:, 1].min())],
+                         10.0) == 0)
 
 
 def _cell_with(objects):
@@ -81,13 +87,15 @@ def test_strategies_pick_six_by_their_rules():
     labels = ["pole", "pole", "pole", "lamp", "lamp", "road", "terrain", "building"]
     for i, lab in enumerate(labels):
         p = np.array([[0.5 + 0.04 * (i + 1), 0.5, 0.5]])
-        objs.append(Object3d(i, 100 + i, lab, np.repeat(p, 3, 0), np.full((3, 3), 0.5, np.float32)))
+        objs.append(Object3d(i, 100 + i, lab, np.repeat(p, 3, 0),
+                             np.full((3, 3), 0.5, np.float32)))
     cell = _cell_with(objs)
     pose = np.array([0.5, 0.5, 0.5])
     closest = describe_in_pose_cell(cell, pose, "closest")
     assert [h.obj.id for h in closest] == [0, 1, 2, 3, 4, 5]
     by_class = describe_in_pose_cell(cell, pose, "class")
-    assert [h.obj.label for h in by_class] == ["pole", "lamp", "road", "terrain", "building", "pole"]
+    assert [h.obj.label for h in by_class] == ["pole", "lamp", "road", "terrain", "building",
+                                               "pole"]
     assert all(h.direction == "west" or h.direction == "on-top" for h in closest)
     far = _cell_with(objs[:5])
     assert describe_in_pose_cell(far, pose, "closest") is None

@@ -1,4 +1,7 @@
-"""The Localizer and `spatialoc localize` / `eval` / `bench` on a tiny map with briefly trained weights."""
+"""The Localizer and `spatialoc localize` / `eval` / `bench`.
+
+On a tiny map with briefly trained weights.
+"""
 import json
 from pathlib import Path
 
@@ -18,8 +21,8 @@ GOOD = "The pose is north of a gray building. The pose is on-top of a dark-green
 
 @pytest.fixture(scope="module")
 def localizer(tiny_dataset, tiny_weights):
-    return Localizer(tiny_dataset, tiny_weights, scenes=[VAL_SCENE], device="cpu", cache=tiny_weights / "cache",
-                     top_k=5)
+    return Localizer(tiny_dataset, tiny_weights, scenes=[VAL_SCENE], device="cpu",
+                     cache=tiny_weights / "cache", top_k=5)
 
 
 def test_hypotheses_best_first_with_valid_covariances(localizer):
@@ -32,20 +35,26 @@ def test_hypotheses_best_first_with_valid_covariances(localizer):
         assert h.precision > 0 and np.isfinite(h.position).all()
         cell = cells[h.cell_id]
         assert np.all(h.position[:2] > cell.bbox_w[:2] - 2 * cell.cell_size)  # near its cell
-        assert np.array_equal(h.covariance_xy, h.covariance_xy.T) and np.linalg.eigvalsh(h.covariance_xy).min() > 0
+        assert (np.array_equal(h.covariance_xy, h.covariance_xy.T)
+                and np.linalg.eigvalsh(h.covariance_xy).min() > 0)
     cov = result.covariance_xy
-    assert np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0 and np.isfinite(cov).all()
-    assert result.recognised_hints == 2 and set(result.timing_ms) == {"text", "coarse", "fine", "total"}
+    assert (np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0
+            and np.isfinite(cov).all())
+    assert (result.recognised_hints == 2
+            and set(result.timing_ms) == {"text", "coarse", "fine", "total"})
     doc = json.loads(json.dumps(result.to_json()))
     assert {"hypotheses", "timing_ms", "position", "covariance_xy"} <= set(doc)
-    assert {"cell_id", "score", "position", "covariance_xy", "precision"} <= set(doc["hypotheses"][0])
+    assert ({"cell_id", "score", "position", "covariance_xy", "precision"}
+            <= set(doc["hypotheses"][0]))
 
 
 def test_batch_and_single_query_agree(localizer):
     one = localizer.localize(GOOD)
     cand = localizer.candidates([one.hints, ["The pose is west of a black pole."]], 5)
-    assert [localizer.coarse.gallery.ids[r] for r in cand.rows[0].tolist()] == [h.cell_id for h in one.hypotheses]
-    torch.testing.assert_close(cand.positions[0, :, :2].numpy(), np.stack([h.position[:2] for h in one.hypotheses]),
+    assert ([localizer.coarse.gallery.ids[r] for r in cand.rows[0].tolist()]
+            == [h.cell_id for h in one.hypotheses])
+    torch.testing.assert_close(cand.positions[0, :, :2].numpy(),
+                               np.stack([h.position[:2] for h in one.hypotheses]),
                                check_dtype=False)
 
 
@@ -55,18 +64,22 @@ def test_a_fitted_consensus_reorders_the_same_cells_and_publishes_their_mode(loc
 
     plain = localizer.localize(GOOD)
     saved = localizer.calibration
-    localizer.calibration = Calibration(0.01, 4.0, "test", consensus_beta=0.0, consensus_bandwidth_m=15.0)
+    localizer.calibration = Calibration(0.01, 4.0, "test", consensus_beta=0.0,
+                                        consensus_bandwidth_m=15.0)
     try:
         fused = localizer.localize(GOOD)
     finally:
         localizer.calibration = saved
-    assert sorted(h.cell_id for h in fused.hypotheses) == sorted(h.cell_id for h in plain.hypotheses)
+    assert (sorted(h.cell_id for h in fused.hypotheses)
+            == sorted(h.cell_id for h in plain.hypotheses))
     assert [h.rank for h in fused.hypotheses] == list(range(5))
     cand = localizer.candidates([plain.hints], 5)
     order, want, agreeing = consensus_order(cand.positions, cand.scores.double(), 0.0, 15.0,
                                             localizer.scene_index[cand.rows])
-    assert [h.cell_id for h in fused.hypotheses] == [localizer.coarse.gallery.ids[r] for r in cand.rows[0, order[0]]]
-    np.testing.assert_allclose(np.stack([h.position[:2] for h in fused.hypotheses]), want[0].numpy())
+    assert ([h.cell_id for h in fused.hypotheses]
+            == [localizer.coarse.gallery.ids[r] for r in cand.rows[0, order[0]]])
+    np.testing.assert_allclose(np.stack([h.position[:2] for h in fused.hypotheses]),
+                               want[0].numpy())
     assert [h.agreeing for h in fused.hypotheses] == agreeing[0].tolist()
     assert fused.to_json()["hypotheses"][0]["agreeing_cells"] == fused.best.agreeing
     assert all(h.agreeing == 1 for h in plain.hypotheses)  # no consensus: every cell stands alone
@@ -76,26 +89,30 @@ def test_a_fitted_consensus_reorders_the_same_cells_and_publishes_their_mode(loc
 
 @pytest.mark.parametrize("consensus", [{}, {"consensus_beta": 0.5, "consensus_bandwidth_m": 10.0}],
                          ids=["retrieval-order", "consensus"])
-def test_bad_text_is_refused_and_unknown_words_widen_the_ellipse(localizer, tiny_weights, consensus):
+def test_bad_text_is_refused_and_unknown_words_widen_the_ellipse(localizer, tiny_weights,
+                                                                 consensus):
     for text in ("", "   ", "x" * 10_000, "\x00\x01"):
         with pytest.raises(QueryRejected):
             localizer.localize(text)
-    (tiny_weights / CALIBRATION_FILE).write_text(json.dumps({"scale": 0.01, "beta": 64.0, **consensus}))
+    (tiny_weights / CALIBRATION_FILE).write_text(
+        json.dumps({"scale": 0.01, "beta": 64.0, **consensus}))
     try:
         localizer.calibration = load_calibration(tiny_weights)
-        assert localizer.calibration.consensus_bandwidth_m == consensus.get("consensus_bandwidth_m", 0.0)
+        assert (localizer.calibration.consensus_bandwidth_m
+                == consensus.get("consensus_bandwidth_m", 0.0))
         good = localizer.localize(GOOD)
         vague = localizer.localize("Lorem ipsum dolor sit amet. Consectetur adipiscing elit.")
     finally:
         (tiny_weights / CALIBRATION_FILE).unlink()
-        localizer.calibration = __import__("spatialoc_ros.core.covariance", fromlist=["x"]).Calibration()
+        localizer.calibration = __import__("spatialoc_ros.core.covariance",
+                                           fromlist=["x"]).Calibration()
     assert vague.recognised_hints == 0 and len(vague.hypotheses) == 5
     assert vague.sigma_m > 2 * good.sigma_m
 
 
 def test_localize_cli_json_and_one_line_errors(tiny_dataset, tiny_weights, capsys):
-    args = ["localize", "--map", str(tiny_dataset), "--weights", str(tiny_weights), "--scenes", "0010",
-            "--cache", str(tiny_weights / "cache"), "--top-k", "3"]
+    args = ["localize", "--map", str(tiny_dataset), "--weights", str(tiny_weights),
+            "--scenes", "0010", "--cache", str(tiny_weights / "cache"), "--top-k", "3"]
     assert main(args + ["--text", GOOD, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["hypotheses"]) == 3 and len(doc["hypotheses"][0]["position"]) == 3
@@ -105,7 +122,8 @@ def test_localize_cli_json_and_one_line_errors(tiny_dataset, tiny_weights, capsy
         assert main(args + ["--text", text]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "spatialoc: error:" in err
-    assert main(["localize", "--map", str(tiny_dataset / "nope"), "--text", GOOD, "--weights", str(tiny_weights)]) == 2
+    assert main(["localize", "--map", str(tiny_dataset / "nope"), "--text", GOOD,
+                 "--weights", str(tiny_weights)]) == 2
     assert "no such map folder" in capsys.readouterr().err
 
 
@@ -113,7 +131,8 @@ def test_missing_fine_weights_are_named(tiny_dataset, tiny_weights, tmp_path):
     for name in ("pointnet.safetensors", "pointnet.json", "coarse.safetensors", "coarse.json"):
         (tmp_path / name).write_bytes((tiny_weights / name).read_bytes())
     with pytest.raises(SpatialocError, match="fine.safetensors"):
-        Localizer(tiny_dataset, tmp_path, scenes=[VAL_SCENE], device="cpu", cache=tiny_weights / "cache")
+        Localizer(tiny_dataset, tmp_path, scenes=[VAL_SCENE], device="cpu",
+                  cache=tiny_weights / "cache")
 
 
 def test_eval_reports_localization_recall_and_fits_calibration(tiny_dataset, tiny_weights, capsys):
@@ -124,31 +143,38 @@ def test_eval_reports_localization_recall_and_fits_calibration(tiny_dataset, tin
     assert set(report["localization_recall"]) == {"1", "5", "10"}
     assert set(report["localization_recall"]["1"]) == {"5", "10", "15"}
     rec = report["localization_recall"]
-    assert rec["1"]["5"] <= rec["5"]["5"] <= rec["10"]["5"] and rec["1"]["5"] <= rec["1"]["10"] <= rec["1"]["15"]
+    assert (rec["1"]["5"] <= rec["5"]["5"] <= rec["10"]["5"]
+            and rec["1"]["5"] <= rec["1"]["10"] <= rec["1"]["15"])
     cal = report["calibration"]
-    assert {"within_1sigma", "within_2sigma", "nll"} <= set(cal) and cal["fitted_on"].startswith("val")
+    assert ({"within_1sigma", "within_2sigma", "nll"} <= set(cal)
+            and cal["fitted_on"].startswith("val"))
     assert abs(cal["within_2sigma"] - 0.865) < 0.2
     saved = json.loads((tiny_weights / CALIBRATION_FILE).read_text())
-    assert saved["scale"] == cal["scale"] and saved["consensus_bandwidth_m"] == cal["consensus_bandwidth_m"]
-    pub = report["published_recall"]  # the answer `localize` gives; the protocol's figures are above
+    assert (saved["scale"] == cal["scale"]
+            and saved["consensus_bandwidth_m"] == cal["consensus_bandwidth_m"])
+    # the answer `localize` gives; the protocol's figures are above
+    pub = report["published_recall"]
     assert set(pub) == {"1", "5", "10"} and pub["1"]["5"] <= pub["10"]["5"]
     if cal["consensus_bandwidth_m"] == 0:
         assert pub == rec
     (tiny_weights / CALIBRATION_FILE).unlink()
-    assert main(["eval", "--data", str(tiny_dataset), "--split", "test", "--weights", str(tiny_weights),
-                 "--fit-calibration"]) == 2
+    assert main(["eval", "--data", str(tiny_dataset), "--split", "test",
+                 "--weights", str(tiny_weights), "--fit-calibration"]) == 2
     assert "--split val" in capsys.readouterr().err
 
 
-def test_eval_with_training_scenes_as_distractors_widens_the_validation_gallery(tiny_dataset, tiny_weights, capsys):
+def test_eval_with_training_scenes_as_distractors_widens_the_validation_gallery(
+        tiny_dataset, tiny_weights, capsys):
     args = ["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", str(tiny_weights),
             "--cache", str(tiny_weights / "cache"), "--json"]
     assert main(args) == 0
     plain = json.loads(capsys.readouterr().out)
     assert main(args + ["--distractors", "0000"]) == 0
     wide = json.loads(capsys.readouterr().out)
-    assert wide["distractors"] == ["2013_05_28_drive_0000_sync"] and wide["num_queries"] == plain["num_queries"]
-    assert wide["gallery_cells"] > plain["gallery_cells"] and set(wide["published_recall"]) == {"1", "5", "10"}
+    assert (wide["distractors"] == ["2013_05_28_drive_0000_sync"]
+            and wide["num_queries"] == plain["num_queries"])
+    assert (wide["gallery_cells"] > plain["gallery_cells"]
+            and set(wide["published_recall"]) == {"1", "5", "10"})
     assert main(args + ["--distractors", "0003"]) == 2  # a test scene
     assert "test scenes" in capsys.readouterr().err
     assert main(args[:4] + ["test"] + args[5:] + ["--distractors", "0000"]) == 2
@@ -163,7 +189,8 @@ def test_eval_measures_the_fine_stage_object_order_sensitivity(tiny_dataset, tin
     assert r["queries"] == 12 and r["orders"] == 3
     moved, other = r["permuted_move_m"], r["other_cell_move_m"]
     assert 0 <= moved["median"] <= moved["p95"] and moved["p95"] > 0 and other["median"] > 0
-    assert moved["median"] < other["median"]  # shuffling objects is a smaller change than another cell
+    # shuffling objects is a smaller change than another cell
+    assert moved["median"] < other["median"]
     assert r["precision_factor"]["median"] >= 1.0
     assert main(args) == 0
     assert "object order (12 val queries x 3 orders)" in capsys.readouterr().out
@@ -173,22 +200,25 @@ def test_eval_measures_the_fine_stage_object_order_sensitivity(tiny_dataset, tin
 
 def test_eval_show_draws_the_queries(tiny_dataset, tiny_weights, tmp_path, capsys):
     out = tmp_path / "pictures"
-    assert main(["eval", "--data", str(tiny_dataset), "--split", "val", "--weights", str(tiny_weights),
-                 "--cache", str(tiny_weights / "cache"), "--show", "2", "--out", str(out)]) == 0
+    assert main(["eval", "--data", str(tiny_dataset), "--split", "val",
+                 "--weights", str(tiny_weights), "--cache", str(tiny_weights / "cache"),
+                 "--show", "2", "--out", str(out)]) == 0
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert len(pngs) == 3 and "overview.png" in pngs
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert "pictures:" in capsys.readouterr().out
 
 
-def test_bench_reports_every_stage_and_the_latency_over_dds(tiny_dataset, tiny_weights, ros_env_here, tmp_path,
-                                                             capsys, monkeypatch):
+def test_bench_reports_every_stage_and_the_latency_over_dds(
+        tiny_dataset, tiny_weights, ros_env_here, tmp_path, capsys, monkeypatch):
     params = tmp_path / "params.yaml"
-    params.write_text((Path(__file__).resolve().parents[1] / "config" / "localize.yaml").read_text().replace(
+    template = Path(__file__).resolve().parents[1] / "config" / "localize.yaml"
+    params.write_text(template.read_text().replace(
         'cache_dir: ""', f'cache_dir: "{tiny_weights / "cache"}"'))
     monkeypatch.chdir(tmp_path)  # the node's log goes to out/ here
-    assert main(["bench", "--map", str(tiny_dataset), "--weights", str(tiny_weights), "--queries", "4",
-                 "--top-k", "3", "--device", "cpu", "--params-file", str(params), "--json"]) == 0
+    assert main(["bench", "--map", str(tiny_dataset), "--weights", str(tiny_weights),
+                 "--queries", "4", "--top-k", "3", "--device", "cpu", "--params-file", str(params),
+                 "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["device"] == "cpu" and report["top_k"] == 3 and report["peak_rss_mb"] > 0
     for key in ("end_to_end_ms", "text_ms", "coarse_ms", "fine_ms"):

@@ -1,4 +1,4 @@
-"""KITTI360Pose folder I/O: real-format fixtures, round trip, the original loaders, hostile files.
+"""KITTI360Pose folder I/O: real-format fixtures, round trip, original loaders, hostile files.
 
 The fixtures under ``test/fixtures/`` were written by ``fixtures/make_fixtures.py``
 with the original class layout and plain ``pickle.dump`` (one with numpy 1.x under
@@ -41,8 +41,10 @@ make_fixtures = _load_make_fixtures()
 
 FIXTURE_CASES = {
     # folder: (scene, module path recorded in the file, numpy module recorded in the file)
-    "legacy_np1": ("2013_05_28_drive_0009_sync", "datapreparation.kitti360.imports", "numpy.core"),
-    "current_np2": ("2013_05_28_drive_0010_sync", "datapreparation.kitti360pose.imports", "numpy._core"),
+    "legacy_np1": ("2013_05_28_drive_0009_sync", "datapreparation.kitti360.imports",
+                   "numpy.core"),
+    "current_np2": ("2013_05_28_drive_0010_sync", "datapreparation.kitti360pose.imports",
+                    "numpy._core"),
 }
 
 
@@ -70,8 +72,9 @@ def pickle_globals(data: bytes) -> set:
             found.add(f"{module}.{name}")
         elif op.name.startswith("EXT"):
             found.add(f"<extension {arg}>")
-        if op.name not in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "BINGET", "LONG_BINGET",
-                           "GET", "MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT", "FRAME", "PROTO"):
+        if op.name not in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "BINGET",
+                           "LONG_BINGET", "GET", "MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT",
+                           "FRAME", "PROTO"):
             pushed.append(None)  # something that is not a string went onto the stack
     return found
 
@@ -90,7 +93,10 @@ def install_original_module(monkeypatch, package="kitti360pose"):
 
 
 def synthetic_scene(short, n_cells, seed=0, first_idx=0, x0=0.0):
-    """Cells on a 10 m grid (4 per row) with random objects, and poses with matched and unmatched hints."""
+    """Cells on a 10 m grid (4 per row) with random objects.
+
+    And poses with matched and unmatched hints.
+    """
     rng = np.random.default_rng(seed)
     cells = []
     for i in range(n_cells):
@@ -107,7 +113,8 @@ def synthetic_scene(short, n_cells, seed=0, first_idx=0, x0=0.0):
                     rgb=rng.random((n, 3)).astype(np.float32),
                 )
             )
-        cells.append(Cell(f"{short}_{first_idx + i:05d}", short, np.concatenate([bmin, bmin + 30.0]), 30.0, objects))
+        cells.append(Cell(f"{short}_{first_idx + i:05d}", short,
+                          np.concatenate([bmin, bmin + 30.0]), 30.0, objects))
     # ids outside int32 (and the padding id) must survive as well
     cells[0].objects[0].instance_id = 2**40 + 3
     cells[0].objects[1].instance_id = -1
@@ -133,12 +140,14 @@ def synthetic_scene(short, n_cells, seed=0, first_idx=0, x0=0.0):
                 )
             )
         pose = rng.random(3)
-        poses.append(Pose(pose, cell.to_world(pose), cell.id, short, hints, ["closest", "class", "direction"][p]))
+        poses.append(Pose(pose, cell.to_world(pose), cell.id, short, hints,
+                          ["closest", "class", "direction"][p]))
     return cells, poses
 
 
 def assert_array(actual, expected, dtype):
-    assert isinstance(actual, np.ndarray) and actual.dtype == dtype, (type(actual), getattr(actual, "dtype", None))
+    assert isinstance(actual, np.ndarray) and actual.dtype == dtype, (
+        type(actual), getattr(actual, "dtype", None))
     np.testing.assert_array_equal(actual, np.asarray(expected, dtype=dtype))
 
 
@@ -164,8 +173,9 @@ def assert_poses_equal(actual, expected):
         assert_array(a.pose_w, e.pose_w, np.float64)
         assert len(a.hints) == len(e.hints)
         for ah, eh in zip(a.hints, e.hints):
-            assert (ah.object_instance_id, ah.object_label, ah.object_color_text, ah.direction, ah.is_matched) == (
-                eh.object_instance_id, eh.object_label, eh.object_color_text, eh.direction, eh.is_matched)
+            assert (ah.object_instance_id, ah.object_label, ah.object_color_text, ah.direction,
+                    ah.is_matched) == (eh.object_instance_id, eh.object_label,
+                                       eh.object_color_text, eh.direction, eh.is_matched)
             assert type(ah.object_instance_id) is int and type(ah.is_matched) is bool
             assert_array(ah.object_color_rgb, eh.object_color_rgb, np.float32)
             for name in ("offset_center", "offset_closest", "closest_point"):
@@ -203,20 +213,23 @@ def test_fixture_loads_with_the_values_it_was_written_with(folder):
         assert_array(cell.bbox_w, want["bbox_w"], np.float64)
         assert len(cell.objects) == len(want["objects"]) >= 6
         for obj, wo in zip(cell.objects, want["objects"]):
-            assert (obj.id, obj.instance_id, obj.label) == (wo["id"], wo["instance_id"], wo["label"])
+            assert (obj.id, obj.instance_id, obj.label) == (wo["id"], wo["instance_id"],
+                                                            wo["label"])
             assert type(obj.instance_id) is int
             assert_array(obj.xyz, wo["xyz"], np.float64)
             assert_array(obj.rgb, wo["rgb"], np.float32)
 
     assert len(data.poses) == 2
     for pose, want in zip(data.poses, values["poses"]):
-        assert (pose.cell_id, pose.scene, pose.described_by) == (want["cell_id"], want["scene_name"], want["described_by"])
+        assert (pose.cell_id, pose.scene, pose.described_by) == (
+            want["cell_id"], want["scene_name"], want["described_by"])
         assert_array(pose.pose, want["pose"], np.float64)
         assert_array(pose.pose_w, want["pose_w"], np.float64)
         assert len(pose.hints) == 6
         for hint, wh in zip(pose.hints, want["hints"]):
-            assert (hint.object_instance_id, hint.object_label, hint.object_color_text, hint.direction) == (
-                wh["instance_id"], wh["label"], wh["color_text"], wh["direction"])
+            assert (hint.object_instance_id, hint.object_label, hint.object_color_text,
+                    hint.direction) == (wh["instance_id"], wh["label"], wh["color_text"],
+                                        wh["direction"])
             assert hint.is_matched is wh["is_matched"]
             assert_array(hint.object_color_rgb, wh["color_rgb"], np.float32)
             assert_array(hint.offset_center, wh["offset_center"], np.float64)
@@ -227,7 +240,8 @@ def test_fixture_loads_with_the_values_it_was_written_with(folder):
                 assert_array(hint.best_offset_center, wh["best_offset_center"], np.float64)
                 assert_array(hint.best_offset_closest, wh["best_offset_closest"], np.float64)
             else:
-                assert hint.object_id is None and hint.best_offset_center is None and hint.best_offset_closest is None
+                assert (hint.object_id is None and hint.best_offset_center is None
+                        and hint.best_offset_closest is None)
                 assert_array(hint.closest_point, wh["closest_point"], np.float64)
     # both matched and unmatched hints are covered
     assert {h.is_matched for p in data.poses for h in p.hints} == {True, False}
@@ -239,10 +253,12 @@ def test_fixture_literals():
     cell = data.cells[1]
     assert cell.id == "0009_00004" and cell.scene == "0009"
     assert cell.bbox_w.tolist() == [110.0, 200.0, 5.0, 140.0, 230.0, 35.0]
-    assert [o.label for o in cell.objects] == ["building", "traffic sign", "road", "fence", "vegetation", "parking"]
+    assert [o.label for o in cell.objects] == ["building", "traffic sign", "road", "fence",
+                                               "vegetation", "parking"]
     assert cell.objects[2].instance_id == 2014 and cell.objects[2].xyz.shape == (5, 3)
     assert cell.objects[2].xyz[0].tolist() == [0.2, 0.47, 0.252]
-    assert data.poses[0].text.startswith("The pose is north of a gray building. The pose is east of a dark-green pole.")
+    assert data.poses[0].text.startswith("The pose is north of a gray building. "
+                                         "The pose is east of a dark-green pole.")
     assert [h.is_matched for h in data.poses[1].hints] == [True, False, True, False, True, False]
 
 
@@ -262,23 +278,29 @@ def test_fixture_direction_map():
     assert data.directions == make_fixtures.direction_map(make_fixtures.scene_values(scene))
     assert data.directions == k360.neighbour_map(data.cells)
     assert data.directions["0009_00003"]["east"] == "0009_00004"
-    assert k360.load_scene(FIXTURES / "current_np2", "2013_05_28_drive_0010_sync").directions is None
+    assert k360.load_scene(FIXTURES / "current_np2",
+                           "2013_05_28_drive_0010_sync").directions is None
 
 
 @pytest.mark.parametrize("protocol", range(0, pickle.HIGHEST_PROTOCOL + 1))
 def test_every_pickle_protocol_loads(tmp_path, monkeypatch, protocol):
-    """Files from the original classes load whatever protocol wrote them (0-2 need the narrow builtins)."""
+    """Files from the original classes load whatever protocol wrote them.
+
+    Protocols 0-2 need the narrow builtins.
+    """
     imports = install_original_module(monkeypatch)
     values = make_fixtures.scene_values("2013_05_28_drive_0003_sync")
     cells, poses = make_fixtures.build_records(imports, values)
     for folder, records in (("cells", cells), ("poses", poses)):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / "2013_05_28_drive_0003_sync.pkl").write_bytes(pickle.dumps(records, protocol=protocol))
+        (tmp_path / folder / "2013_05_28_drive_0003_sync.pkl").write_bytes(
+            pickle.dumps(records, protocol=protocol))
     data = k360.load_scene(tmp_path, "2013_05_28_drive_0003_sync")
     assert [c.id for c in data.cells] == ["0003_00003", "0003_00004"]
     assert_array(data.cells[0].objects[3].xyz, values["cells"][0]["objects"][3]["xyz"], np.float64)
     assert data.cells[0].objects[0].instance_id == 1000
-    assert_array(data.poses[1].hints[0].best_offset_closest, values["poses"][1]["hints"][0]["best_offset_closest"], np.float64)
+    assert_array(data.poses[1].hints[0].best_offset_closest,
+                 values["poses"][1]["hints"][0]["best_offset_closest"], np.float64)
 
 
 # --- writer --------------------------------------------------------------------------------
@@ -291,15 +313,18 @@ def test_round_trip_preserves_every_field(tmp_path):
     assert_cells_equal(data.cells, cells)
     assert_poses_equal(data.poses, poses)
     assert data.directions == k360.neighbour_map(cells)
-    assert data.cells[0].objects[0].instance_id == 2**40 + 3 and data.cells[0].objects[1].instance_id == -1
+    assert (data.cells[0].objects[0].instance_id == 2**40 + 3
+            and data.cells[0].objects[1].instance_id == -1)
 
 
 def test_written_pickles_name_exactly_the_format_globals(tmp_path):
     cells, poses = synthetic_scene("0003", 3)
     k360.write_scene(tmp_path, "2013_05_28_drive_0003_sync", cells, poses)
-    numpy_globals = {"numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "numpy.ndarray", "numpy.dtype"}
+    numpy_globals = {"numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar",
+                     "numpy.ndarray", "numpy.dtype"}
     module = "datapreparation.kitti360pose.imports"
-    for folder, classes in (("cells", {"Cell", "Object3d"}), ("poses", {"Pose", "DescriptionBestCell"})):
+    for folder, classes in (("cells", {"Cell", "Object3d"}),
+                            ("poses", {"Pose", "DescriptionBestCell"})):
         data = (tmp_path / folder / "2013_05_28_drive_0003_sync.pkl").read_bytes()
         op, arg, _ = next(pickletools.genops(data))
         assert (op.name, arg) == ("PROTO", 4)
@@ -327,28 +352,35 @@ for c in cells:
     assert type(c) is imports.Cell and type(c.cell_size) is np.float64
     objects = []
     for o in c.objects:
-        assert type(o) is imports.Object3d and type(o.id) is int and isinstance(o.instance_id, np.integer)
+        assert (type(o) is imports.Object3d and type(o.id) is int
+                and isinstance(o.instance_id, np.integer))
         assert o.xyz.dtype == np.float64 and o.rgb.dtype == np.float32
-        objects.append(dict(keys=list(vars(o)), id=o.id, instance_id=int(o.instance_id), label=o.label,
-                            xyz=o.xyz.tolist(), rgb=o.rgb.tolist(), center=o.get_center().tolist()))
-    out["cells"].append(dict(keys=list(vars(c)), id=c.id, scene_name=c.scene_name, cell_size=float(c.cell_size),
-                             bbox_w=c.bbox_w.tolist(), center=c.get_center().tolist(), objects=objects))
+        objects.append(dict(keys=list(vars(o)), id=o.id, instance_id=int(o.instance_id),
+                            label=o.label, xyz=o.xyz.tolist(), rgb=o.rgb.tolist(),
+                            center=o.get_center().tolist()))
+    out["cells"].append(dict(keys=list(vars(c)), id=c.id, scene_name=c.scene_name,
+                             cell_size=float(c.cell_size), bbox_w=c.bbox_w.tolist(),
+                             center=c.get_center().tolist(), objects=objects))
 for p in poses:
     assert type(p) is imports.Pose
     descriptions = []
     for d in p.descriptions:
         assert type(d) is imports.DescriptionBestCell and type(d.is_matched) is bool
-        assert isinstance(d.object_instance_id, np.integer) and d.object_color_rgb.dtype == np.float32
+        assert (isinstance(d.object_instance_id, np.integer)
+                and d.object_color_rgb.dtype == np.float32)
         descriptions.append(dict(keys=list(vars(d)), instance_id=int(d.object_instance_id),
-                                 offset_center=d.offset_center.tolist(), closest_point=d.closest_point.tolist(),
+                                 offset_center=d.offset_center.tolist(),
+                                 closest_point=d.closest_point.tolist(),
                                  object_id=getattr(d, "object_id", None)))
-    out["poses"].append(dict(keys=list(vars(p)), pose=p.pose.tolist(), pose_w=p.pose_w.tolist(), cell_id=p.cell_id,
-                             scene_name=p.scene_name, described_by=p.described_by, descriptions=descriptions))
+    out["poses"].append(dict(keys=list(vars(p)), pose=p.pose.tolist(), pose_w=p.pose_w.tolist(),
+                             cell_id=p.cell_id, scene_name=p.scene_name,
+                             described_by=p.described_by, descriptions=descriptions))
 print(json.dumps(out))
 '''
 
 OTHER_PYTHONS = [pytest.param(sys.executable, id="this-numpy")]
-if os.environ.get("NUMPY1_PYTHON"):  # e.g. a venv with numpy 1.26, to check what numpy 1.x loaders see
+# e.g. a venv with numpy 1.26, to check what numpy 1.x loaders see
+if os.environ.get("NUMPY1_PYTHON"):
     OTHER_PYTHONS.append(pytest.param(os.environ["NUMPY1_PYTHON"], id="numpy1"))
 
 
@@ -361,34 +393,43 @@ def test_written_files_load_in_the_original_loader(tmp_path, python):
     make_fixtures.install_imports_module(str(tmp_path / "modules"), "kitti360pose")
     run = subprocess.run(
         [python, "-W", "error", "-c", ORIGINAL_LOADER,
-         str(k360.cells_path(root, "2013_05_28_drive_0003_sync")), str(k360.poses_path(root, "2013_05_28_drive_0003_sync"))],
-        env={**os.environ, "PYTHONPATH": str(tmp_path / "modules")}, capture_output=True, text=True, cwd=tmp_path,
+         str(k360.cells_path(root, "2013_05_28_drive_0003_sync")),
+         str(k360.poses_path(root, "2013_05_28_drive_0003_sync"))],
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "modules")}, capture_output=True,
+        text=True, cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert len(out["cells"]) == len(cells)
     for got, cell in zip(out["cells"], cells):
         assert got["keys"] == ["scene_name", "id", "objects", "cell_size", "bbox_w"]
-        assert (got["id"], got["scene_name"], got["cell_size"], got["bbox_w"]) == (cell.id, cell.scene, 30.0, cell.bbox_w.tolist())
+        assert (got["id"], got["scene_name"], got["cell_size"], got["bbox_w"]) == (
+            cell.id, cell.scene, 30.0, cell.bbox_w.tolist())
         np.testing.assert_allclose(got["center"], cell.center_w)
         for go, obj in zip(got["objects"], cell.objects):
             assert go["keys"] == ["id", "instance_id", "xyz", "rgb", "label"]
-            assert (go["id"], go["instance_id"], go["label"]) == (obj.id, obj.instance_id, obj.label)
+            assert (go["id"], go["instance_id"], go["label"]) == (obj.id, obj.instance_id,
+                                                                  obj.label)
             assert go["xyz"] == obj.xyz.tolist() and go["rgb"] == obj.rgb.tolist()
     for got, pose in zip(out["poses"], poses):
-        assert got["keys"] == ["pose", "pose_w", "cell_id", "descriptions", "scene_name", "described_by"]
-        assert (got["cell_id"], got["scene_name"], got["described_by"]) == (pose.cell_id, pose.scene, pose.described_by)
+        assert got["keys"] == ["pose", "pose_w", "cell_id", "descriptions", "scene_name",
+                               "described_by"]
+        assert (got["cell_id"], got["scene_name"], got["described_by"]) == (
+            pose.cell_id, pose.scene, pose.described_by)
         assert got["pose"] == pose.pose.tolist() and got["pose_w"] == pose.pose_w.tolist()
         for gd, hint in zip(got["descriptions"], pose.hints):
-            common = ["object_instance_id", "object_label", "object_color_rgb", "object_color_text", "direction",
-                      "offset_center", "offset_closest"]
+            common = ["object_instance_id", "object_label", "object_color_rgb",
+                      "object_color_text", "direction", "offset_center", "offset_closest"]
             if hint.is_matched:
-                want_keys = common + ["object_id", "closest_point", "best_offset_center", "best_offset_closest", "is_matched"]
+                want_keys = common + ["object_id", "closest_point", "best_offset_center",
+                                      "best_offset_closest", "is_matched"]
             else:
                 want_keys = common + ["closest_point", "is_matched"]
             assert gd["keys"] == want_keys
-            assert gd["object_id"] == hint.object_id and gd["instance_id"] == hint.object_instance_id
-            assert gd["offset_center"] == hint.offset_center.tolist() and gd["closest_point"] == hint.closest_point.tolist()
+            assert (gd["object_id"] == hint.object_id
+                    and gd["instance_id"] == hint.object_instance_id)
+            assert (gd["offset_center"] == hint.offset_center.tolist()
+                    and gd["closest_point"] == hint.closest_point.tolist())
 
 
 def test_writer_imports_no_fake_or_deprecated_modules(tmp_path):
@@ -402,11 +443,13 @@ def test_writer_imports_no_fake_or_deprecated_modules(tmp_path):
         "from spatialoc_ros.data.schema import Cell, Hint, Object3d, Pose\n"
         "obj = Object3d(0, 7, 'road', np.zeros((2, 3)), np.zeros((2, 3), np.float32))\n"
         "cell = Cell('0003_00000', '0003', np.arange(6.0), 30.0, [obj])\n"
-        "hint = Hint(7, 'road', np.zeros(3, np.float32), 'black', 'north', np.zeros(2), np.zeros(2), np.zeros(2),\n"
+        "hint = Hint(7, 'road', np.zeros(3, np.float32), 'black', 'north', "
+        "np.zeros(2), np.zeros(2), np.zeros(2),\n"
         "            True, 0, np.zeros(2), np.zeros(2))\n"
         "pose = Pose(np.zeros(3), np.zeros(3), cell.id, '0003', [hint], 'closest')\n"
         "k360.write_scene(sys.argv[1], '2013_05_28_drive_0003_sync', [cell], [pose])\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('datapreparation', 'numpy.core'))))\n"
+        "print(sorted(m for m in sys.modules "
+        "if m.startswith(('datapreparation', 'numpy.core'))))\n"
     )
     run = subprocess.run([sys.executable, "-W", "error", "-c", script, str(tmp_path), str(REPO)],
                          capture_output=True, text=True)
@@ -435,11 +478,13 @@ def test_neighbour_map_uses_exact_ten_metre_offsets():
     def cell(cid, x, y):
         return Cell(cid, "0003", np.array([x, y, 0.0, x + 30, y + 30, 30.0]), 30.0, [])
 
-    cells = [cell("a", 0, 0), cell("b", 10, 0), cell("c", 0, 10), cell("d", 10, 10), cell("e", 5, 0), cell("f", -10, -10)]
+    cells = [cell("a", 0, 0), cell("b", 10, 0), cell("c", 0, 10), cell("d", 10, 10),
+             cell("e", 5, 0), cell("f", -10, -10)]
     m = k360.neighbour_map(cells)
-    assert list(m["a"]) == ["east", "west", "north", "south", "northeast", "northwest", "southeast", "southwest"]
-    assert m["a"] == dict(east="b", west=None, north="c", south=None, northeast="d", northwest=None,
-                          southeast=None, southwest="f")
+    assert list(m["a"]) == ["east", "west", "north", "south", "northeast", "northwest",
+                            "southeast", "southwest"]
+    assert m["a"] == dict(east="b", west=None, north="c", south=None, northeast="d",
+                          northwest=None, southeast=None, southwest="f")
     assert m["d"]["west"] == "c" and m["d"]["south"] == "b" and m["d"]["southwest"] == "a"
     assert all(v is None for v in m["e"].values())  # 5 m away is not a grid neighbour
     assert "e" not in m["a"].values()
@@ -498,7 +543,10 @@ def _marker_appears(marker, wait=0.5):
 
 @pytest.mark.parametrize("payload, _name", HOSTILE)
 def test_hostile_payloads_are_live(tmp_path, payload, _name):
-    """Control: a plain pickle.loads really runs each payload, so the refusal tests mean something."""
+    """Control: a plain pickle.loads really runs each payload.
+
+    So the refusal tests mean something.
+    """
     marker = tmp_path / "ran"
     result = pickle.loads(pickle.dumps([payload(marker)]))
     if isinstance(result[0], subprocess.Popen):
@@ -532,13 +580,15 @@ def test_hostile_object_nested_inside_a_cell_is_refused(tmp_path, monkeypatch):
         (tmp_path / folder / "2013_05_28_drive_0003_sync.pkl").write_bytes(pickle.dumps(records))
     with pytest.raises(DataError) as excinfo:
         k360.read_cells(k360.cells_path(tmp_path, "2013_05_28_drive_0003_sync"))
-    assert_one_line_error(excinfo, "cells/2013_05_28_drive_0003_sync.pkl", "forbidden global 'posix.system'")
+    assert_one_line_error(excinfo, "cells/2013_05_28_drive_0003_sync.pkl",
+                          "forbidden global 'posix.system'")
     with pytest.raises(DataError) as excinfo:
         k360.load_scene(tmp_path, "2013_05_28_drive_0003_sync")
     assert_one_line_error(excinfo, "forbidden global 'posix.system'")
     with pytest.raises(DataError) as excinfo:
         k360.read_poses(k360.poses_path(tmp_path, "2013_05_28_drive_0003_sync"))
-    assert_one_line_error(excinfo, "poses/2013_05_28_drive_0003_sync.pkl", "forbidden global 'builtins.eval'")
+    assert_one_line_error(excinfo, "poses/2013_05_28_drive_0003_sync.pkl",
+                          "forbidden global 'builtins.eval'")
     assert not _marker_appears(marker)
 
 
@@ -550,7 +600,8 @@ def test_original_classes_are_never_used_even_when_importable(tmp_path, monkeypa
     imports.Cell.__setstate__ = lambda self, state: marker.touch()
     cells, poses = synthetic_scene("0003", 2)
     k360.write_scene(tmp_path, "2013_05_28_drive_0003_sync", cells, poses)
-    assert type(pickle.loads(k360.cells_path(tmp_path, "2013_05_28_drive_0003_sync").read_bytes())[0]) is imports.Cell
+    plain = pickle.loads(k360.cells_path(tmp_path, "2013_05_28_drive_0003_sync").read_bytes())
+    assert type(plain[0]) is imports.Cell
     assert marker.exists()  # control: the trap works with a plain load
     marker.unlink()
     loaded = k360.read_cells(k360.cells_path(tmp_path, "2013_05_28_drive_0003_sync"))
@@ -561,19 +612,23 @@ CRAFTED = [
     # (pickle bytes, what the error must say)
     pytest.param(b"cnumpy\nload\n(S'x'\ntR.", "forbidden global 'numpy.load'", id="numpy.load"),
     pytest.param(b"cdatapreparation.kitti360pose.imports\nEvil\n)R.",
-                 "forbidden global 'datapreparation.kitti360pose.imports.Evil'", id="other-class-same-module"),
-    pytest.param(b"cnumpy.core.multiarray\nfromfile\n)R.", "forbidden global 'numpy.core.multiarray.fromfile'",
-                 id="other-numpy-function"),
+                 "forbidden global 'datapreparation.kitti360pose.imports.Evil'",
+                 id="other-class-same-module"),
+    pytest.param(b"cnumpy.core.multiarray\nfromfile\n)R.",
+                 "forbidden global 'numpy.core.multiarray.fromfile'", id="other-numpy-function"),
     pytest.param(b"\x80\x04\x8c\x09os\nsystem\x8c\x01x\x93.", "forbidden global 'os\\nsystem.x'",
                  id="newline-in-name"),
     pytest.param(b"\x80\x04\x82\x01.", "corrupt pickle", id="unregistered-extension"),
-    pytest.param(b"c_codecs\nencode\n(S'x'\nS'zlib'\ntR.", "only encode(str, 'latin1')", id="codecs-other-encoding"),
+    pytest.param(b"c_codecs\nencode\n(S'x'\nS'zlib'\ntR.", "only encode(str, 'latin1')",
+                 id="codecs-other-encoding"),
     pytest.param(b"c__builtin__\nbytes\n(I1000000000000\ntR.", "only bytes()", id="bytes-bomb"),
     pytest.param(b"ccopy_reg\n_reconstructor\n(c__builtin__\nobject\nc__builtin__\nobject\nNtR.",
                  "only empty dataset records", id="reconstructor-other-class"),
-    pytest.param(b"\x80\x04\x8c$datapreparation.kitti360pose.imports\x8c\x04Cell\x93)\x81K\x01K\x02\x86b.",
+    pytest.param(b"\x80\x04\x8c$datapreparation.kitti360pose.imports"
+                 b"\x8c\x04Cell\x93)\x81K\x01K\x02\x86b.",
                  "state must be a dict", id="record-with-non-dict-state"),
-    pytest.param(b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b".", "corrupt pickle", id="huge-length"),
+    pytest.param(b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b".", "corrupt pickle",
+                 id="huge-length"),
     pytest.param(b"P1\n.", "corrupt pickle", id="persistent-id"),
 ]
 
@@ -589,12 +644,17 @@ def test_crafted_pickles_are_refused(tmp_path, data, expected):
 
 def test_allow_list_is_exactly_the_format():
     records = {"Cell", "Object3d", "Pose", "DescriptionBestCell", "DescriptionPoseCell"}
-    expected = {(m, c) for m in ("datapreparation.kitti360.imports", "datapreparation.kitti360pose.imports") for c in records}
+    expected = {(m, c)
+                for m in ("datapreparation.kitti360.imports",
+                          "datapreparation.kitti360pose.imports")
+                for c in records}
     for core in ("numpy.core", "numpy._core"):
-        expected |= {(f"{core}.multiarray", "_reconstruct"), (f"{core}.multiarray", "scalar"), (f"{core}.numeric", "_frombuffer")}
+        expected |= {(f"{core}.multiarray", "_reconstruct"), (f"{core}.multiarray", "scalar"),
+                     (f"{core}.numeric", "_frombuffer")}
     expected |= {("numpy", "ndarray"), ("numpy", "dtype")}
-    expected |= {("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("__builtin__", "object"),
-                 ("builtins", "object"), ("_codecs", "encode"), ("__builtin__", "bytes"), ("builtins", "bytes")}
+    expected |= {("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+                 ("__builtin__", "object"), ("builtins", "object"), ("_codecs", "encode"),
+                 ("__builtin__", "bytes"), ("builtins", "bytes")}
     assert set(legacy.ALLOWED_GLOBALS) == expected
     for (module, name), target in legacy.ALLOWED_GLOBALS.items():
         if module.startswith("datapreparation"):
@@ -642,7 +702,8 @@ def test_poses_file_where_cells_are_expected(tmp_path):
     k360.write_scene(tmp_path, "2013_05_28_drive_0003_sync", cells, poses)
     with pytest.raises(DataError) as excinfo:
         k360.read_cells(k360.poses_path(tmp_path, "2013_05_28_drive_0003_sync"))
-    assert_one_line_error(excinfo, "poses/2013_05_28_drive_0003_sync.pkl", "Cell 0: expected Cell, got Pose")
+    assert_one_line_error(excinfo, "poses/2013_05_28_drive_0003_sync.pkl",
+                          "Cell 0: expected Cell, got Pose")
     with pytest.raises(DataError) as excinfo:
         k360.read_poses(k360.cells_path(tmp_path, "2013_05_28_drive_0003_sync"))
     assert_one_line_error(excinfo, "Pose 0: expected Pose, got Cell")
@@ -650,7 +711,8 @@ def test_poses_file_where_cells_are_expected(tmp_path):
 
 def test_cell_without_objects(tmp_path, monkeypatch):
     imports = install_original_module(monkeypatch)
-    cells, _ = make_fixtures.build_records(imports, make_fixtures.scene_values("2013_05_28_drive_0003_sync"))
+    cells, _ = make_fixtures.build_records(
+        imports, make_fixtures.scene_values("2013_05_28_drive_0003_sync"))
     cells[1].objects = []
     path = tmp_path / "cells.pkl"
     path.write_bytes(pickle.dumps(cells))
@@ -661,13 +723,15 @@ def test_cell_without_objects(tmp_path, monkeypatch):
 
 def test_malformed_record_names_cell_and_object(tmp_path, monkeypatch):
     imports = install_original_module(monkeypatch)
-    cells, _ = make_fixtures.build_records(imports, make_fixtures.scene_values("2013_05_28_drive_0003_sync"))
+    cells, _ = make_fixtures.build_records(
+        imports, make_fixtures.scene_values("2013_05_28_drive_0003_sync"))
     cells[0].objects[4].xyz = cells[0].objects[4].xyz[:, :2]
     path = tmp_path / "cells.pkl"
     path.write_bytes(pickle.dumps(cells))
     with pytest.raises(DataError) as excinfo:
         k360.read_cells(path)
-    assert_one_line_error(excinfo, path, "'0003_00003', object 4: xyz must have shape [N, 3], got [4, 2]")
+    assert_one_line_error(excinfo, path,
+                          "'0003_00003', object 4: xyz must have shape [N, 3], got [4, 2]")
     del cells[0].objects[4].label
     cells[0].objects[4].xyz = np.full((3, 3), np.nan)
     path.write_bytes(pickle.dumps(cells))
@@ -678,13 +742,15 @@ def test_malformed_record_names_cell_and_object(tmp_path, monkeypatch):
 
 def test_matched_hint_without_best_cell_attributes(tmp_path, monkeypatch):
     imports = install_original_module(monkeypatch)
-    _, poses = make_fixtures.build_records(imports, make_fixtures.scene_values("2013_05_28_drive_0003_sync"))
+    _, poses = make_fixtures.build_records(
+        imports, make_fixtures.scene_values("2013_05_28_drive_0003_sync"))
     del poses[1].descriptions[2].best_offset_center
     path = tmp_path / "poses.pkl"
     path.write_bytes(pickle.dumps(poses))
     with pytest.raises(DataError) as excinfo:
         k360.read_poses(path)
-    assert_one_line_error(excinfo, path, "Pose 1: description 2: missing attribute 'best_offset_center'")
+    assert_one_line_error(excinfo, path,
+                          "Pose 1: description 2: missing attribute 'best_offset_center'")
 
 
 def test_missing_folder(tmp_path):
@@ -709,7 +775,8 @@ def test_missing_scene_file(tmp_path):
     assert_one_line_error(excinfo, k360.poses_path(tmp_path, scene), "file not found")
     with pytest.raises(DataError) as excinfo:
         k360.load_scene(tmp_path, "2013_05_28_drive_0005_sync")
-    assert_one_line_error(excinfo, k360.cells_path(tmp_path, "2013_05_28_drive_0005_sync"), "file not found")
+    assert_one_line_error(excinfo, k360.cells_path(tmp_path, "2013_05_28_drive_0005_sync"),
+                          "file not found")
     with pytest.raises(DataError) as excinfo:
         k360.read_cells(tmp_path / "cells" / "none.pkl")
     assert_one_line_error(excinfo, tmp_path / "cells" / "none.pkl", "file not found")
@@ -750,7 +817,8 @@ def test_split_pools_scenes(tmp_path):
     cells, poses = _write_two_scenes(tmp_path)
     split = k360.load_split(tmp_path, ["2013_05_28_drive_0003_sync", "2013_05_28_drive_0005_sync"])
     assert split.scenes == ["2013_05_28_drive_0003_sync", "2013_05_28_drive_0005_sync"]
-    assert [c.id for c in split.cells] == [c.id for c in cells] and len(split.cells) >= MIN_CELLS_PER_SPLIT
+    assert ([c.id for c in split.cells] == [c.id for c in cells]
+            and len(split.cells) >= MIN_CELLS_PER_SPLIT)
     assert set(split.cells_by_id) == {c.id for c in cells}
     assert all(split.cells_by_id[c.id] is c for c in split.cells)
     assert_poses_equal(split.poses, poses)
@@ -776,8 +844,8 @@ def test_split_refuses_duplicate_cell_ids(tmp_path):
     k360.write_scene(tmp_path, "2013_05_28_drive_0005_sync", cells, [])
     with pytest.raises(DataError) as excinfo:
         k360.load_split(tmp_path, ["2013_05_28_drive_0003_sync", "2013_05_28_drive_0005_sync"])
-    assert_one_line_error(excinfo, "cells/2013_05_28_drive_0005_sync.pkl", "'0003_00002' already used in",
-                          "cells/2013_05_28_drive_0003_sync.pkl")
+    assert_one_line_error(excinfo, "cells/2013_05_28_drive_0005_sync.pkl",
+                          "'0003_00002' already used in", "cells/2013_05_28_drive_0003_sync.pkl")
 
 
 def test_split_refuses_too_few_cells(tmp_path):
@@ -787,7 +855,8 @@ def test_split_refuses_too_few_cells(tmp_path):
     assert_one_line_error(excinfo, "has 9 cells", f"at least {MIN_CELLS_PER_SPLIT}")
     # one more cell is enough
     _write_two_scenes(tmp_path, n=(5, 5))
-    assert len(k360.load_split(tmp_path, ["2013_05_28_drive_0003_sync", "2013_05_28_drive_0005_sync"]).cells) == 10
+    assert len(k360.load_split(tmp_path, ["2013_05_28_drive_0003_sync",
+                                          "2013_05_28_drive_0005_sync"]).cells) == 10
 
 
 def test_split_refuses_pose_without_its_cell(tmp_path):
@@ -797,4 +866,5 @@ def test_split_refuses_pose_without_its_cell(tmp_path):
     k360.write_scene(tmp_path, "2013_05_28_drive_0005_sync", cells, poses)
     with pytest.raises(DataError) as excinfo:
         k360.load_split(tmp_path, ["2013_05_28_drive_0003_sync", "2013_05_28_drive_0005_sync"])
-    assert_one_line_error(excinfo, "poses/2013_05_28_drive_0005_sync.pkl", "Pose 1", "'0005_00042'")
+    assert_one_line_error(excinfo, "poses/2013_05_28_drive_0005_sync.pkl", "Pose 1",
+                          "'0005_00042'")

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "spatialoc_ros"
 
 
 def imported_modules(path: Path):
-    """Every spatialoc_ros module a file imports, at the top or inside functions, as a dotted name."""
+    """Every spatialoc_ros module a file imports (at the top or inside functions), dotted."""
     tree = ast.parse(path.read_text(), str(path))
     here = ["spatialoc_ros"] + list(path.relative_to(PACKAGE).parent.parts)
     for node in ast.walk(tree):
@@ -32,7 +32,8 @@ def layer_files(*parts):
 @pytest.mark.parametrize("files, forbidden", [
     (("core",), ("spatialoc_ros.training", "spatialoc_ros.evaluation", "spatialoc_ros.inference",
                  "spatialoc_ros.ros", "spatialoc_ros.commands", "spatialoc_ros.cli")),
-    (("inference.py",), ("spatialoc_ros.training", "spatialoc_ros.evaluation", "spatialoc_ros.ros")),
+    (("inference.py",), ("spatialoc_ros.training", "spatialoc_ros.evaluation",
+                         "spatialoc_ros.ros")),
     (("data",), ("spatialoc_ros.core", "spatialoc_ros.networks", "spatialoc_ros.training",
                  "spatialoc_ros.evaluation", "spatialoc_ros.inference")),
     (("networks",), ("spatialoc_ros.core", "spatialoc_ros.training", "spatialoc_ros.evaluation",
@@ -47,7 +48,8 @@ def test_no_layer_imports_from_above_or_beside(files, forbidden):
     assert not wrong, "\n".join(wrong)
 
 
-def test_localizing_in_a_fresh_interpreter_loads_no_trainer_or_evaluation(tiny_dataset, tiny_weights):
+def test_localizing_in_a_fresh_interpreter_loads_no_trainer_or_evaluation(tiny_dataset,
+                                                                          tiny_weights):
     code = f"""
 import json, sys
 from spatialoc_ros.inference import Localizer

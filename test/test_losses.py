@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spatialoc_ros.core.retrieval import (fused_scores, retrieval_recall, top_k,
-                                                zscore)
+                                          zscore)
 from spatialoc_ros.training.losses import (CoarseOutputs, ccl_loss, ccl_weights, coarse_loss,
                                            masked_mean, set_similarity)
 

@@ -204,7 +204,7 @@ def test_result_crosses_processes(ros_env_here, tmp_path):
         if pub.poll() is None:
             pub.kill()
             pub.wait()
-        # Shutdown order of ros2_pip_environment.md: executor, node, context.
+        # Shutdown order (as in spatialoc_ros/ros/main.py): executor, node, context.
         if executor is not None:
             executor.shutdown()
         if node is not None:

@@ -1,4 +1,7 @@
-"""PointNet++ object encoder: sampling and grouping, shapes, invariances, object batches, training."""
+"""PointNet++ object encoder.
+
+Sampling and grouping, shapes, invariances, object batches, training.
+"""
 import json
 
 import numpy as np
@@ -11,14 +14,15 @@ from spatialoc_ros.data.schema import Cell, Object3d
 from spatialoc_ros.errors import SpatialocError
 from spatialoc_ros.networks import pointnet as P
 from spatialoc_ros.networks.checkpoint import load_config, paths
-from spatialoc_ros.training import objects as O
+from spatialoc_ros.training import objects as training_objects
 from spatialoc_ros.training import pointnet_trainer as T
 
 
 def blob(rng, n=256, spread=0.1, offset=(0.5, 0.5, 0.5)):
     """One object-like point set: float32 xyz [n, 3] around ``offset``, rgb [n, 3]."""
     xyz = rng.normal(size=(n, 3)) * spread + np.array(offset)
-    return torch.tensor(xyz, dtype=torch.float32), torch.tensor(rng.random((n, 3)), dtype=torch.float32)
+    return (torch.tensor(xyz, dtype=torch.float32),
+            torch.tensor(rng.random((n, 3)), dtype=torch.float32))
 
 
 def batch(rng, b=2, n=256):
@@ -110,7 +114,8 @@ def naive_set_abstraction(sa, x, pos):
     """SA written literally: MLP on concatenated messages, then max over neighbours."""
     centres = P.gather_points(pos, P.farthest_point_sample(pos, pos.shape[1] // 2))
     idx = P.ball_query(pos, centres, sa.radius, sa.max_neighbours)
-    msg = torch.cat([P.gather_points(x, idx), P.gather_points(pos, idx) - centres.unsqueeze(2)], dim=-1)
+    msg = torch.cat([P.gather_points(x, idx), P.gather_points(pos, idx) - centres.unsqueeze(2)],
+                    dim=-1)
     B, M, K, C = msg.shape
     return sa.mlp(msg.reshape(-1, C)).view(B, M, K, -1).amax(dim=2)
 
@@ -139,11 +144,12 @@ def test_output_does_not_depend_on_point_order_in_eval_mode():
         model.eval()
         ref = model.features(xyz, rgb)
         perm = torch.randperm(xyz.shape[1])
-        torch.testing.assert_close(model.features(xyz[:, perm], rgb[:, perm]), ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.features(xyz[:, perm], rgb[:, perm]), ref,
+                                   rtol=1e-4, atol=1e-5)
         # repeated points, as sampling with replacement gives them: still order-free
         obj = Object3d(0, 7, "pole", np.random.default_rng(4).random((40, 3)) * 0.05,
                        np.random.default_rng(5).random((40, 3)).astype(np.float32))
-        xyz2, rgb2 = O.objects_to_batch([obj], rng=6)
+        xyz2, rgb2 = training_objects.objects_to_batch([obj], rng=6)
         perm = torch.randperm(xyz2.shape[1])
         out = model.features(torch.cat([xyz2, xyz2[:, perm]]), torch.cat([rgb2, rgb2[:, perm]]))
         torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-5)
@@ -165,20 +171,25 @@ def make_object(rng, n, label="lamp", instance=1):
 
 def test_sample_object_draws_exactly_256_of_its_points_and_is_seeded():
     obj = make_object(np.random.default_rng(0), 30)
-    xyz, rgb = O.sample_object(obj, rng=1)
-    assert xyz.shape == rgb.shape == (O.NUM_POINTS, 3) and xyz.dtype == rgb.dtype == np.float32
+    xyz, rgb = training_objects.sample_object(obj, rng=1)
+    assert (xyz.shape == rgb.shape == (training_objects.NUM_POINTS, 3)
+            and xyz.dtype == rgb.dtype == np.float32)
     rows = {tuple(r) for r in obj.xyz.astype(np.float32)}
     assert all(tuple(r) in rows for r in xyz)
     assert len({tuple(r) for r in xyz}) <= 30  # with replacement
-    np.testing.assert_array_equal(xyz, O.sample_object(obj, rng=1)[0])
-    assert not np.array_equal(xyz, O.sample_object(obj, rng=2)[0])
-    np.testing.assert_array_equal(O.sample_object(obj)[0], O.sample_object(obj, rng=0)[0])  # None = seed 0
+    np.testing.assert_array_equal(xyz, training_objects.sample_object(obj, rng=1)[0])
+    assert not np.array_equal(xyz, training_objects.sample_object(obj, rng=2)[0])
+    # None = seed 0
+    np.testing.assert_array_equal(training_objects.sample_object(obj)[0],
+                                  training_objects.sample_object(obj, rng=0)[0])
 
 
 def test_object_set_samples_points_of_the_right_object():
     rng = np.random.default_rng(0)
-    objs = [make_object(rng, n, label=CLASS_NAMES[i], instance=i) for i, n in enumerate([5, 300, 17])]
-    s = O.ObjectSet.concat([O.ObjectSet.from_objects(objs[:2]), O.ObjectSet.from_objects(objs[2:])])
+    objs = [make_object(rng, n, label=CLASS_NAMES[i], instance=i)
+            for i, n in enumerate([5, 300, 17])]
+    s = training_objects.ObjectSet.concat([training_objects.ObjectSet.from_objects(objs[:2]),
+                                           training_objects.ObjectSet.from_objects(objs[2:])])
     assert len(s) == 3 and s.offsets.tolist() == [0, 5, 305, 322]
     xyz, rgb, labels = s.sample([2, 0, 1, 2], 64, rng=3)
     assert xyz.shape == (4, 64, 3) and labels.tolist() == [2, 0, 1, 2]
@@ -194,18 +205,18 @@ def test_unique_objects_drop_repeats_of_one_object_across_cells():
     crop = make_object(rng, 30, label="road", instance=2)  # same instance, other point count
     cells = [Cell("0010_00000", "0010", np.zeros(6), 30.0, [a, b]),
              Cell("0010_00001", "0010", np.zeros(6), 30.0, [a, crop, Object3d.padding(rng)])]
-    objs, keys = O.unique_objects(cells, "0010")
+    objs, keys = training_objects.unique_objects(cells, "0010")
     assert keys == [("0010", 1, 40), ("0010", 2, 50), ("0010", 2, 30)]
     assert objs == [a, b, crop]
 
 
 def test_gather_objects_of_a_split(tiny_dataset):
-    s = O.gather_objects(tiny_dataset, "val")
+    s = training_objects.gather_objects(tiny_dataset, "val")
     assert len(s) > 0 and len(set(s.keys)) == len(s)
     assert s.labels.min() >= 0 and s.labels.max() < len(CLASS_NAMES)
     assert s.xyz.dtype == np.float32 and s.offsets[-1] == len(s.xyz)
     with pytest.raises(SpatialocError, match="unknown split"):
-        O.gather_objects(tiny_dataset, "dev")
+        training_objects.gather_objects(tiny_dataset, "dev")
 
 
 # --- training -------------------------------------------------------------------------------
@@ -213,7 +224,7 @@ def test_gather_objects_of_a_split(tiny_dataset):
 
 def test_a_few_training_steps_reduce_the_loss(tiny_dataset):
     torch.manual_seed(0)
-    objs = O.gather_objects(tiny_dataset, "train")
+    objs = training_objects.gather_objects(tiny_dataset, "train")
     ids = np.random.default_rng(0).choice(len(objs), 6, replace=False)
     model = P.PointNet2().train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

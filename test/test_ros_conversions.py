@@ -1,4 +1,7 @@
-"""The ROS layer's pure parts: pose/covariance/result conversions, markers, map cloud, query buffering."""
+"""The ROS layer's pure parts.
+
+Pose/covariance/result conversions, markers, map cloud, query buffering.
+"""
 import math
 import threading
 import time
@@ -15,8 +18,9 @@ from spatialoc_ros.data.schema import Cell, Object3d
 from spatialoc_ros.inference import Hypothesis, Localization
 from spatialoc_ros.msg import LocalizationResult
 from spatialoc_ros.core.query_text import QueryRejected, check_text
-from spatialoc_ros.ros.conversions import (MAX_COVARIANCE, confidence, pose_covariance, pose_stamped,
-                                           result_msg, safe_covariance_xy, status_code)
+from spatialoc_ros.ros.conversions import (MAX_COVARIANCE, confidence, pose_covariance,
+                                           pose_stamped, result_msg, safe_covariance_xy,
+                                           status_code)
 from spatialoc_ros.ros.map_cloud import map_points, pack_rgb, xyzrgb_cloud
 from spatialoc_ros.ros.markers import ellipse_axes, localization_markers, named_classes
 from spatialoc_ros.ros.parameters import PARAMETERS, Settings
@@ -26,7 +30,8 @@ TEXT = "The pose is north of a gray building. The pose is on-top of a dark-green
 
 
 def cell(cell_id, x0, y0, objects=()):
-    return Cell(cell_id, cell_id[:4], np.array([x0, y0, 0.0, x0 + 30.0, y0 + 30.0, 30.0]), 30.0, list(objects))
+    return Cell(cell_id, cell_id[:4], np.array([x0, y0, 0.0, x0 + 30.0, y0 + 30.0, 30.0]), 30.0,
+                list(objects))
 
 
 def obj(i, label, center, n=20, rgb=(0.5, 0.5, 0.5)):
@@ -46,9 +51,10 @@ CELLS = {
 
 
 def localization(cov=((4.0, 1.0), (1.0, 9.0)), recognised=2):
-    hyps = [Hypothesis(r, cid, "0010", 3.0 - r, np.array([15.0 + 10 * r, 15.0, 1.5]), np.eye(2) * (2.0 + r),
-                       16.0 / (r + 1)) for r, cid in enumerate(CELLS)]
-    return Localization(TEXT, TEXT.split(". "), hyps, np.asarray(cov, float), recognised, {"total": 5.0})
+    hyps = [Hypothesis(r, cid, "0010", 3.0 - r, np.array([15.0 + 10 * r, 15.0, 1.5]),
+                       np.eye(2) * (2.0 + r), 16.0 / (r + 1)) for r, cid in enumerate(CELLS)]
+    return Localization(TEXT, TEXT.split(". "), hyps, np.asarray(cov, float), recognised,
+                        {"total": 5.0})
 
 
 def header():
@@ -98,7 +104,8 @@ def test_negative_correlation_becomes_the_smallest_covering_axis_aligned_ellipse
     cov = np.array([[4.0, -3.0], [-3.0, 9.0]])
     safe = safe_covariance_xy(cov)
     assert safe[0, 1] == safe[1, 0] == 0.0
-    assert np.linalg.eigvalsh(safe - cov).min() >= -1e-9, "the published ellipse contains the model's"
+    assert np.linalg.eigvalsh(safe - cov).min() >= -1e-9, (
+        "the published ellipse contains the model's")
     assert safe[0, 0] == pytest.approx(4.0 + 3.0 * math.sqrt(4.0 / 9.0))
     assert safe[1, 1] == pytest.approx(9.0 + 3.0 * math.sqrt(9.0 / 4.0))
     positive = np.array([[4.0, 3.0], [3.0, 9.0]])
@@ -119,21 +126,25 @@ def test_pose_stamped_is_the_best_hypothesis_with_identity_orientation():
 
 def test_result_carries_every_hypothesis_with_its_own_covariance():
     loc = localization()
-    msg = result_msg(header(), TEXT, LocalizationResult.STATUS_OK, "", loc, yaw_variance=1.0, latency_ms=12.5)
+    msg = result_msg(header(), TEXT, LocalizationResult.STATUS_OK, "", loc, yaw_variance=1.0,
+                     latency_ms=12.5)
     msg = deserialize_message(serialize_message(msg), LocalizationResult)
-    assert msg.query == TEXT and msg.status == LocalizationResult.STATUS_OK and msg.latency_ms == 12.5
+    assert (msg.query == TEXT and msg.status == LocalizationResult.STATUS_OK
+            and msg.latency_ms == 12.5)
     assert [h.rank for h in msg.hypotheses] == [0, 1, 2]
     assert [h.cell_id for h in msg.hypotheses] == list(CELLS)
     for h, want in zip(msg.hypotheses, loc.hypotheses):
         c = as_matrix(h.pose.covariance)
         assert c[0, 0] == c[1, 1] == want.covariance_xy[0, 0] and c[5, 5] == 1.0
-        assert h.precision == pytest.approx(want.precision) and h.score == pytest.approx(want.score)
+        assert (h.precision == pytest.approx(want.precision)
+                and h.score == pytest.approx(want.score))
     empty = result_msg(header(), "", LocalizationResult.STATUS_EMPTY_QUERY, "the query is empty")
     assert not empty.hypotheses and empty.reason == "the query is empty"
 
 
 def test_rejection_statuses_map_to_message_constants():
-    for text, name in (("", "EMPTY_QUERY"), ("\x01\x02", "NOT_TEXT"), ("x" * 3000, "QUERY_TOO_LONG")):
+    for text, name in (("", "EMPTY_QUERY"), ("\x01\x02", "NOT_TEXT"),
+                       ("x" * 3000, "QUERY_TOO_LONG")):
         with pytest.raises(QueryRejected) as err:
             check_text(text, 2000)
         assert err.value.status == name
@@ -167,28 +178,32 @@ def test_markers_of_one_answer():
     assert by_ns["query"][0].text == TEXT
     assert all(m.header.frame_id == "map" for m in markers)
     boxes = by_ns["cells"]
-    assert boxes[0].color.g > boxes[-1].color.g and boxes[0].color.r < boxes[-1].color.r, "best green, worst red"
+    assert (boxes[0].color.g > boxes[-1].color.g
+            and boxes[0].color.r < boxes[-1].color.r), "best green, worst red"
     assert (boxes[0].pose.position.x, boxes[0].scale.x) == (15.0, 30.0)
 
 
 def test_ellipse_is_the_one_sigma_ellipse_of_the_covariance():
     major, minor, yaw = ellipse_axes([[9.0, 0.0], [0.0, 4.0]])
-    assert (major, minor) == pytest.approx((6.0, 4.0)) and math.sin(yaw) == pytest.approx(0.0, abs=1e-9)
+    assert ((major, minor) == pytest.approx((6.0, 4.0))
+            and math.sin(yaw) == pytest.approx(0.0, abs=1e-9))
     major, minor, yaw = ellipse_axes([[4.0, 0.0], [0.0, 9.0]])
-    assert (major, minor) == pytest.approx((6.0, 4.0)) and abs(math.cos(yaw)) == pytest.approx(0.0, abs=1e-9)
-    ellipse = [m for m in localization_markers(localization(), CELLS, header()).markers if m.ns == "ellipse"][0]
+    assert ((major, minor) == pytest.approx((6.0, 4.0))
+            and abs(math.cos(yaw)) == pytest.approx(0.0, abs=1e-9))
+    ellipse = [m for m in localization_markers(localization(), CELLS, header()).markers
+               if m.ns == "ellipse"][0]
     assert ellipse.type == Marker.CYLINDER and ellipse.scale.z < 1.0
     q = ellipse.pose.orientation
     assert q.x == q.y == 0.0 and q.z ** 2 + q.w ** 2 == pytest.approx(1.0)
 
 
 def test_named_classes_are_whole_words():
-    assert named_classes("North of a gray building and a traffic sign.", ["building", "traffic sign", "pole"]) \
-        == {"building", "traffic sign"}
+    assert named_classes("North of a gray building and a traffic sign.",
+                         ["building", "traffic sign", "pole"]) == {"building", "traffic sign"}
     assert named_classes("the buildings", ["building"]) == set()
 
 
-# --- map cloud --------------------------------------------------------------------------------------
+# --- map cloud --------------------------------------------------------------------------------
 
 
 def test_point_cloud_layout_matches_create_cloud():
@@ -196,11 +211,12 @@ def test_point_cloud_layout_matches_create_cloud():
     rgb = np.array([[255, 0, 0], [1, 2, 3]], np.uint8)
     msg = deserialize_message(serialize_message(xyzrgb_cloud(header(), xyz, rgb)), PointCloud2)
     assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
-        ("x", 0, PointField.FLOAT32, 1), ("y", 4, PointField.FLOAT32, 1), ("z", 8, PointField.FLOAT32, 1),
-        ("rgb", 12, PointField.FLOAT32, 1)]
+        ("x", 0, PointField.FLOAT32, 1), ("y", 4, PointField.FLOAT32, 1),
+        ("z", 8, PointField.FLOAT32, 1), ("rgb", 12, PointField.FLOAT32, 1)]
     assert (msg.height, msg.width, msg.point_step, msg.row_step) == (1, 2, 16, 32)
     assert len(msg.data) == 32 and not msg.is_bigendian
-    points = np.frombuffer(bytes(msg.data), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4")])
+    points = np.frombuffer(bytes(msg.data),
+                           dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4")])
     assert np.array_equal(np.stack([points["x"], points["y"], points["z"]], 1), xyz)
     assert points["rgb"].tolist() == [0xFF0000, 0x010203]
     assert pack_rgb(rgb).view("<u4").tolist() == [0xFF0000, 0x010203]
@@ -209,7 +225,8 @@ def test_point_cloud_layout_matches_create_cloud():
 def test_map_points_keep_each_point_once_coloured_by_class():
     shared = obj(7, "pole", [0.6, 0.5, 0.1])
     a = cell("0010_00010", 0.0, 0.0, [shared])
-    b = cell("0010_00011", 10.0, 0.0, [Object3d(7, 7, "pole", shared.xyz - [1 / 3, 0, 0], shared.rgb)])
+    b = cell("0010_00011", 10.0, 0.0,
+             [Object3d(7, 7, "pole", shared.xyz - [1 / 3, 0, 0], shared.rgb)])
     xyz, rgb = map_points([a, b], max_points=1000)
     assert len(xyz) == 20, "the same world points in two overlapping cells appear once"
     assert xyz.dtype == np.float32 and rgb.dtype == np.uint8
@@ -219,7 +236,7 @@ def test_map_points_keep_each_point_once_coloured_by_class():
     assert len(map_points([cell("0010_00012", 0.0, 0.0)], 10)[0]) == 0
 
 
-# --- query buffering ----------------------------------------------------------------------------------
+# --- query buffering --------------------------------------------------------------------------
 
 
 def pending(text):
@@ -259,25 +276,30 @@ def sentences(text):
 
 
 def test_utterances_join_until_silence():
-    acc = UtteranceAccumulator(silence_s=1.0, max_sentences=12, max_chars=2000, count_sentences=sentences)
+    acc = UtteranceAccumulator(silence_s=1.0, max_sentences=12, max_chars=2000,
+                               count_sentences=sentences)
     assert acc.add("The pose is north of a gray building", 0.0) == []
     assert acc.add("  The pose is east of a black pole.  ", 0.5) == []
     assert acc.poll(1.4) is None and acc.pending
-    assert acc.poll(1.5) == "The pose is north of a gray building. The pose is east of a black pole."
+    assert acc.poll(1.5) == ("The pose is north of a gray building. "
+                             "The pose is east of a black pole.")
     assert not acc.pending and acc.poll(10.0) is None and acc.flush() is None
 
 
 def test_utterances_close_at_max_sentences_and_before_overflowing():
-    acc = UtteranceAccumulator(silence_s=60.0, max_sentences=3, max_chars=60, count_sentences=sentences)
+    acc = UtteranceAccumulator(silence_s=60.0, max_sentences=3, max_chars=60,
+                               count_sentences=sentences)
     assert acc.add("One.", 0.0) == [] and acc.add("Two.", 0.1) == []
     assert acc.add("Three.", 0.2) == ["One. Two. Three."]
     assert acc.add("Four. Five.", 0.3) == []
-    assert acc.add("Six. Seven.", 0.4) == ["Four. Five."], "would exceed 3 sentences: the first closes"
-    assert acc.add("x" * 55, 0.5) == ["Six. Seven."], "would exceed 60 characters: the first closes"
+    assert acc.add("Six. Seven.", 0.4) == ["Four. Five."], (
+        "would exceed 3 sentences: the first closes")
+    assert acc.add("x" * 55, 0.5) == ["Six. Seven."], (
+        "would exceed 60 characters: the first closes")
     assert acc.flush() == "x" * 55 + "."
 
 
-# --- parameter table --------------------------------------------------------------------------------
+# --- parameter table --------------------------------------------------------------------------
 
 
 def test_settings_mirror_the_parameter_table():

@@ -42,8 +42,10 @@ def test_yaml_values_are_the_defaults_with_their_types():
     for name, value in yaml_parameters().items():
         default = PARAMETERS_BY_NAME[name].default
         assert type(value) is type(default), f"{name}: {value!r} is not a {type(default).__name__}"
-        assert value == pytest.approx(default) if isinstance(default, float) else value == default, name
-    assert yaml_parameters()["map_path"] == "data/demo_map" and yaml_parameters()["weights_dir"] == "models"
+        assert (value == pytest.approx(default) if isinstance(default, float)
+                else value == default), name
+    assert (yaml_parameters()["map_path"] == "data/demo_map"
+            and yaml_parameters()["weights_dir"] == "models")
 
 
 def test_every_yaml_parameter_has_a_comment():
@@ -55,7 +57,7 @@ def test_every_yaml_parameter_has_a_comment():
             assert above.startswith("#"), f"{key.group(1)} has no comment above it"
 
 
-# --- the launch file --------------------------------------------------------------------------------
+# --- the launch file ---------------------------------------------------------------------------
 
 
 class Recorded:
@@ -96,13 +98,15 @@ def fake_modules():
         "launch": module("launch", LaunchDescription=LaunchDescription),
         "launch.actions": module("launch.actions", DeclareLaunchArgument=DeclareLaunchArgument,
                                  OpaqueFunction=OpaqueFunction),
-        "launch.substitutions": module("launch.substitutions", LaunchConfiguration=LaunchConfiguration),
+        "launch.substitutions": module("launch.substitutions",
+                                       LaunchConfiguration=LaunchConfiguration),
         "launch_ros": module("launch_ros"),
         "launch_ros.actions": module("launch_ros.actions", LifecycleNode=LifecycleNode),
         "ament_index_python": module("ament_index_python"),
         "ament_index_python.packages": module(
             "ament_index_python.packages",
-            get_package_share_directory=lambda pkg: SHARE if pkg == "spatialoc_ros" else pytest.fail(pkg)),
+            get_package_share_directory=lambda pkg: (SHARE if pkg == "spatialoc_ros"
+                                                     else pytest.fail(pkg))),
     }
 
 
@@ -116,9 +120,10 @@ def launch_description():
 
 
 def run_opaque(description, **given):
-    """The node the launch file starts for the given launch arguments (others at their defaults)."""
+    """The node the launch file starts for the given launch arguments (others: defaults)."""
     actions = description.args[0]
-    arguments = {a.args[0]: a.kwargs["default_value"] for a in actions if "default_value" in a.kwargs}
+    arguments = {a.args[0]: a.kwargs["default_value"]
+                 for a in actions if "default_value" in a.kwargs}
     arguments.update(given)
     context = types.SimpleNamespace(launch_configurations=arguments)
     (opaque,) = [a for a in actions if "function" in a.kwargs]
@@ -128,7 +133,8 @@ def run_opaque(description, **given):
 
 def test_launch_arguments(launch_description):
     declared = {a.args[0]: a.kwargs for a in launch_description.args[0] if a.args}
-    assert set(declared) == {"params_file", "namespace", "map", "weights_dir", "device", "use_sim_time"}
+    assert set(declared) == {"params_file", "namespace", "map", "weights_dir", "device",
+                             "use_sim_time"}
     assert declared["params_file"]["default_value"] == f"{SHARE}/config/localize.yaml"
     assert declared["namespace"]["default_value"] == "spatialoc"
     assert all(kw.get("description") for kw in declared.values())
@@ -151,14 +157,17 @@ def test_launch_starts_the_registered_executable_with_the_shipped_config(launch_
         runpy.run_path(str(REPO / "setup.py"), run_name="__main__")
     scripts = dict(re.fullmatch(r"\s*(\S+)\s*=\s*(\S+)\s*", e).groups()
                    for e in setup.call_args.kwargs["entry_points"]["console_scripts"])
-    assert executables["localizer"] == scripts["spatialoc-localizer"] == "spatialoc_ros.ros.main:main"
-    assert "SPATIALOC_ROS_EXECUTABLES" in re.search(r"foreach\(_entry IN LISTS ([^)]*)\)", CMAKE).group(1)
+    assert (executables["localizer"] == scripts["spatialoc-localizer"]
+            == "spatialoc_ros.ros.main:main")
+    assert "SPATIALOC_ROS_EXECUTABLES" in re.search(r"foreach\(_entry IN LISTS ([^)]*)\)",
+                                                    CMAKE).group(1)
     assert re.search(r"install\(DIRECTORY launch config models", CMAKE)
 
 
 def test_launch_arguments_override_the_params_file(launch_description):
     node = run_opaque(launch_description, map="/maps/city", weights_dir="", device="cuda",
-                      use_sim_time="true", namespace="robot1/spatialoc", params_file="/tmp/mine.yaml")
+                      use_sim_time="true", namespace="robot1/spatialoc",
+                      params_file="/tmp/mine.yaml")
     assert node["namespace"] == "robot1/spatialoc"
     assert node["parameters"] == ["/tmp/mine.yaml", {"map_path": "/maps/city", "device": "cuda",
                                                      "use_sim_time": True}]

@@ -1,4 +1,4 @@
-"""``spatialoc-localizer``'s entry point: a signal that races the executor still ends with status 0."""
+"""``spatialoc-localizer``'s entry point: a signal racing the executor still ends with status 0."""
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor

@@ -48,13 +48,17 @@ YAW_VARIANCE = 2.5
 TOP_K = 5
 CLOUD_POINTS = 3000
 ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
-ENV_KEYS = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS", "ROS_LOCALHOST_ONLY")
+ENV_KEYS = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS",
+            "ROS_LOCALHOST_ONLY")
 
-LATCHED = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+LATCHED = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
+                     reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
-ALL_RESULTS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
+ALL_RESULTS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_ALL,
+                         reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-QUERIES = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+QUERIES = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST,
+                     reliability=ReliabilityPolicy.RELIABLE)
 
 
 def start_localizer(env, log_path, *params):
@@ -65,7 +69,8 @@ def start_localizer(env, log_path, *params):
     env = dict(env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RCUTILS_LOGGING_BUFFERED_STREAM="0",
                ROS_LOG_DIR=str(log_path.parent / "ros_log"))
     with open(log_path, "w") as log:
-        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                text=True)
 
 
 def stop(proc, timeout=30):
@@ -90,7 +95,10 @@ def stamp_of(msg):
 
 
 class Probe:
-    """A test-side rclpy node (own context, spinning in a thread) recording what the localizer publishes."""
+    """A test-side rclpy node recording what the localizer publishes.
+
+    It has its own context and spins in a thread.
+    """
 
     def __init__(self, env):
         # rcl reads the domain and discovery range from the environment at init.
@@ -106,8 +114,10 @@ class Probe:
         self.cond = threading.Condition()
         self.results, self.poses, self.markers, self.clouds, self.diagnostics = [], [], [], [], []
         n = self.node
-        n.create_subscription(LocalizationResult, f"{NS}/result", self._keep(self.results), ALL_RESULTS)
-        n.create_subscription(PoseWithCovarianceStamped, f"{NS}/pose", self._keep(self.poses), LATCHED)
+        n.create_subscription(LocalizationResult, f"{NS}/result", self._keep(self.results),
+                              ALL_RESULTS)
+        n.create_subscription(PoseWithCovarianceStamped, f"{NS}/pose", self._keep(self.poses),
+                              LATCHED)
         n.create_subscription(MarkerArray, f"{NS}/markers", self._keep(self.markers), LATCHED)
         n.create_subscription(PointCloud2, f"{NS}/map_cloud", self._keep(self.clouds), LATCHED)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.diagnostics), 50)
@@ -136,12 +146,14 @@ class Probe:
             return [r for r in self.results if r.query == text]
 
     def result_for(self, text, timeout=60):
-        self.wait(lambda: any(r.query == text for r in self.results), timeout, f"result for {text[:40]!r}")
+        self.wait(lambda: any(r.query == text for r in self.results), timeout,
+                  f"result for {text[:40]!r}")
         (result,) = self.results_for(text)
         return result
 
     def pose_for(self, result, timeout=10):
-        self.wait(lambda: any(stamp_of(p) == stamp_of(result) for p in self.poses), timeout, "pose")
+        self.wait(lambda: any(stamp_of(p) == stamp_of(result) for p in self.poses), timeout,
+                  "pose")
         return next(p for p in self.poses if stamp_of(p) == stamp_of(result))
 
     def has_pose_for(self, result):
@@ -189,7 +201,10 @@ class Probe:
             time.sleep(0.05)
 
     def diagnostic(self, predicate, timeout=30):
-        """The first localizer status (arrived from now on) for which ``predicate(level, message, values)``."""
+        """The first localizer status (arrived from now on) that satisfies ``predicate``.
+
+        ``predicate(level, message, values)``.
+        """
         start = len(self.diagnostics)
 
         def found():
@@ -268,13 +283,16 @@ def test_valid_query_gets_pose_result_markers_and_map_cloud(localizer_node):
     q, p = pose.pose.pose.orientation, pose.pose.pose.position
     assert [q.x, q.y, q.z, q.w] == [0.0, 0.0, 0.0, 1.0]
     assert np.isfinite([p.x, p.y, p.z]).all()
-    assert (p.x, p.y) == (result.hypotheses[0].pose.pose.position.x, result.hypotheses[0].pose.pose.position.y)
+    assert (p.x, p.y) == (result.hypotheses[0].pose.pose.position.x,
+                          result.hypotheses[0].pose.pose.position.y)
     check_pose_covariance(pose.pose.covariance, YAW_VARIANCE)
 
-    probe.wait(lambda: any(m.markers and m.markers[-1].text == GOOD for m in probe.markers), 10, "markers")
+    probe.wait(lambda: any(m.markers and m.markers[-1].text == GOOD for m in probe.markers), 10,
+               "markers")
     markers = next(m for m in probe.markers if m.markers[-1].text == GOOD).markers
     assert markers[0].action == Marker.DELETEALL
-    assert sum(m.ns == "cells" for m in markers) == TOP_K and sum(m.ns == "ellipse" for m in markers) == 1
+    assert (sum(m.ns == "cells" for m in markers) == TOP_K
+            and sum(m.ns == "ellipse" for m in markers) == 1)
 
     probe.wait(lambda: probe.clouds, 10, "map cloud")
     cloud = probe.clouds[0]
@@ -304,7 +322,8 @@ def test_bad_input_gets_a_status_and_no_pose_and_the_node_goes_on(localizer_node
     german = "Die Position ist nördlich eines grauen Gebäudes. Sie steht auf einem Gehweg."
     probe.send(german)
     result = probe.result_for(german)
-    assert result.status == LocalizationResult.STATUS_LOW_CONFIDENCE and "names a class" in result.reason
+    assert (result.status == LocalizationResult.STATUS_LOW_CONFIDENCE
+            and "names a class" in result.reason)
     assert len(result.hypotheses) == TOP_K
     check_pose_covariance(probe.pose_for(result).pose.covariance, YAW_VARIANCE)
 
@@ -335,21 +354,24 @@ def test_a_burst_drops_the_oldest_queries_and_counts_them(localizer_node):
     dropped = statuses.count(LocalizationResult.STATUS_DROPPED)
     assert set(statuses) <= {LocalizationResult.STATUS_OK, LocalizationResult.STATUS_DROPPED}
     assert dropped > 0 and statuses.count(LocalizationResult.STATUS_OK) > 0
-    assert all("queue" in a[0].reason for a in answers.values() if a and a[0].status != LocalizationResult.STATUS_OK)
+    assert all("queue" in a[0].reason for a in answers.values()
+               if a and a[0].status != LocalizationResult.STATUS_OK)
     assert log_lines(log, "dropped the oldest waiting query")
 
     # Every query the node took in got exactly one result, and the drops are counted.
     with probe.cond:
         seen = len(probe.results)
         total_dropped = sum(r.status == LocalizationResult.STATUS_DROPPED for r in probe.results)
-    probe.diagnostic(lambda level, message, v: level == DiagnosticStatus.OK and v["model"] == "loaded"
-                     and v["queries received"] == str(seen) and v["queries dropped"] == str(total_dropped))
+    probe.diagnostic(lambda level, message, v: level == DiagnosticStatus.OK
+                     and v["model"] == "loaded" and v["queries received"] == str(seen)
+                     and v["queries dropped"] == str(total_dropped))
 
 
 @pytest.mark.timeout(120)
 def test_declared_parameters_are_those_of_the_yaml(localizer_node):
     proc, probe, _ = localizer_node
-    names = probe.call(ListParameters, f"{NODE}/list_parameters", ListParameters.Request()).result.names
+    names = probe.call(ListParameters, f"{NODE}/list_parameters",
+                       ListParameters.Request()).result.names
     assert set(names) - ROS_BUILTIN_PARAMETERS == {p.name for p in PARAMETERS}
 
 
@@ -371,7 +393,8 @@ def test_lifecycle_and_accumulated_utterances(localizer_node):
     probe.send("The pose is west of a black pole")
     time.sleep(0.3)
     probe.send("The pose is on-top of a gray road")
-    joined = probe.result_for("The pose is west of a black pole. The pose is on-top of a gray road.")
+    joined = probe.result_for("The pose is west of a black pole. "
+                              "The pose is on-top of a gray road.")
     assert joined.status == LocalizationResult.STATUS_OK and len(joined.hypotheses) == TOP_K
     probe.pose_for(joined)
 
@@ -392,7 +415,7 @@ def test_lifecycle_and_accumulated_utterances(localizer_node):
     assert proc.poll() is None
 
 
-# --- processes of their own ------------------------------------------------------------------------
+# --- processes of their own -------------------------------------------------------------------
 
 
 def wrong_shape_weights(weights, out):
@@ -413,17 +436,18 @@ def wrong_shape_weights(weights, out):
 
 
 @pytest.mark.timeout(300)
-def test_missing_map_and_wrong_weights_fail_configure_with_one_line(ros_env, tiny_dataset, tiny_weights,
-                                                                    tmp_path):
+def test_missing_map_and_wrong_weights_fail_configure_with_one_line(ros_env, tiny_dataset,
+                                                                    tiny_weights, tmp_path):
     log = tmp_path / "node.log"
     missing = tmp_path / "no_such_map"
-    proc = start_localizer(ros_env, log, f"map_path:={missing}", f"weights_dir:={tiny_weights}", "device:=cpu",
-                           "diagnostics_period_s:=0.2")
+    proc = start_localizer(ros_env, log, f"map_path:={missing}", f"weights_dir:={tiny_weights}",
+                           "device:=cpu", "diagnostics_period_s:=0.2")
     probe = Probe(ros_env)
     try:
         deadline = time.monotonic() + 120
         while not log_lines(log, "]: configure failed:"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                log.read_text(errors="replace"))
             time.sleep(0.2)
         (line,) = log_lines(log, "]: configure failed:")
         assert f"{missing}: no such map folder" in line and "[ERROR]" in line
@@ -434,13 +458,15 @@ def test_missing_map_and_wrong_weights_fail_configure_with_one_line(ros_env, tin
         probe.wait_subscribed()
         probe.send(GOOD)
         result = probe.result_for(GOOD)
-        assert result.status == LocalizationResult.STATUS_NOT_READY and "no such map folder" in result.reason
+        assert (result.status == LocalizationResult.STATUS_NOT_READY
+                and "no such map folder" in result.reason)
         probe.diagnostic(lambda level, message, v: level == DiagnosticStatus.ERROR
                          and "no such map folder" in message and v["model"] == "not loaded")
 
         # A lifecycle manager's second try, now with a weights file of the wrong shape.
         tensor = wrong_shape_weights(tiny_weights, tmp_path / "weights")
-        probe.set_parameters(map_path=str(tiny_dataset), scenes=[VAL_SCENE], weights_dir=str(tmp_path / "weights"),
+        probe.set_parameters(map_path=str(tiny_dataset), scenes=[VAL_SCENE],
+                             weights_dir=str(tmp_path / "weights"),
                              cache_dir=str(tiny_weights / "cache"))
         assert not probe.transition(Transition.TRANSITION_CONFIGURE)
         assert probe.state() == State.PRIMARY_STATE_UNCONFIGURED
@@ -462,7 +488,7 @@ def test_a_refused_parameter_ends_the_start_with_one_line(ros_env, tmp_path):
     assert len(errors) == 1 and "top_k" in errors[0]
 
 
-# --- the node's query handling in this process, with a stand-in model ---------------------------------
+# --- the node's query handling in this process, with a stand-in model -------------------------
 
 
 class FakeLocalizer:
@@ -470,8 +496,8 @@ class FakeLocalizer:
 
     release = None  # a threading.Event that localize() waits for, when set by a test
 
-    def __init__(self, map_dir, weights, scenes=None, device="auto", cache=None, top_k=10, max_chars=2000,
-                 max_hints=12):
+    def __init__(self, map_dir, weights, scenes=None, device="auto", cache=None, top_k=10,
+                 max_chars=2000, max_hints=12):
         from spatialoc_ros.data.schema import Cell, Object3d
 
         points = np.random.default_rng(0).random((50, 3))
@@ -496,7 +522,10 @@ class FakeLocalizer:
 
 @pytest.fixture
 def inprocess_node(ros_env, monkeypatch):
-    """(node, probe): a LocalizerNode in this process (stand-in model, queue of 3), configured and active."""
+    """(node, probe): a LocalizerNode in this process, configured and active.
+
+    It has a stand-in model and a queue of 3.
+    """
     from spatialoc_ros.ros.node import LocalizerNode
 
     monkeypatch.setattr("spatialoc_ros.inference.Localizer", FakeLocalizer)
@@ -529,7 +558,8 @@ def test_an_unexpected_failure_is_an_internal_error_and_the_node_goes_on(inproce
         assert result.status == LocalizationResult.STATUS_INTERNAL_ERROR and not result.hypotheses
         assert result.reason and "\n" not in result.reason
         assert not probe.has_pose_for(result)
-    assert "RuntimeError: the model broke across two lines" in probe.results_for("Please explode now.")[0].reason
+    assert ("RuntimeError: the model broke across two lines"
+            in probe.results_for("Please explode now.")[0].reason)
     probe.send("North of a gray building.")
     result = probe.result_for("North of a gray building.", timeout=30)
     assert result.status == LocalizationResult.STATUS_OK
@@ -546,10 +576,11 @@ def test_while_the_model_is_busy_the_oldest_waiting_queries_are_dropped(inproces
     time.sleep(0.5)
     for text in texts[1:]:
         probe.send(text)
-    probe.wait(lambda: sum(r.status == LocalizationResult.STATUS_DROPPED for r in probe.results) == 6, 30,
-               "6 DROPPED results")
+    probe.wait(lambda: sum(r.status == LocalizationResult.STATUS_DROPPED
+                           for r in probe.results) == 6, 30, "6 DROPPED results")
     FakeLocalizer.release.set()
     status = {t: probe.result_for(t, timeout=30).status for t in texts}
-    assert [t for t in texts if status[t] == LocalizationResult.STATUS_DROPPED] == texts[1:7], "oldest first"
+    assert [t for t in texts if status[t] == LocalizationResult.STATUS_DROPPED] == texts[1:7], (
+        "oldest first")
     assert all(status[t] == LocalizationResult.STATUS_OK for t in [texts[0]] + texts[7:])
     assert node.stats.dropped == 6 and node.stats.received == 10

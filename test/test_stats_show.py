@@ -32,10 +32,11 @@ VAL_CELLS = {
 TRAIN_POSES = [
     ("0000_00000", "closest", [("building", "gray", True)] * 2 + [("road", "black", True)] * 2
      + [("pole", "dark-green", True)] * 2),
-    ("0000_00001", "class", [("lamp", "green", True), ("building", "gray", True), ("road", "black", True),
-                             ("pole", "dark-green", True), ("building", "gray", True),
-                             ("road", "black", True)]),
-    ("0000_00002", "direction", [("vegetation", "gray", False)] + [("vegetation", "green", True)] * 3
+    ("0000_00001", "class", [("lamp", "green", True), ("building", "gray", True),
+                             ("road", "black", True), ("pole", "dark-green", True),
+                             ("building", "gray", True), ("road", "black", True)]),
+    ("0000_00002", "direction", [("vegetation", "gray", False)]
+     + [("vegetation", "green", True)] * 3
      + [("terrain", "beige", True)] * 2),
 ]
 VAL_POSES = [
@@ -55,8 +56,8 @@ def make_cells(spec, rng):
     cells = []
     for k, (cell_id, groups) in enumerate(spec.items()):
         x0 = 10.0 * k
-        cell = Cell(id=cell_id, scene=cell_id[:4], bbox_w=np.array([x0, 0.0, 0.0, x0 + 30, 30.0, 30.0]),
-                    cell_size=30.0)
+        cell = Cell(id=cell_id, scene=cell_id[:4],
+                    bbox_w=np.array([x0, 0.0, 0.0, x0 + 30, 30.0, 30.0]), cell_size=30.0)
         for label, color, n in groups:
             for _ in range(n):
                 cell.objects.append(make_object(len(cell.objects), label, color, rng))
@@ -74,7 +75,8 @@ def make_hint(cell, label, color, matched):
                 object_color_rgb=COLOR_CENTERS[COLOR_NAMES.index(color)].astype(np.float32),
                 object_color_text=color, direction="north", offset_center=z2, offset_closest=z2,
                 closest_point=z2, is_matched=matched, object_id=oid,
-                best_offset_center=z2 if matched else None, best_offset_closest=z2 if matched else None)
+                best_offset_center=z2 if matched else None,
+                best_offset_closest=z2 if matched else None)
 
 
 def make_poses(spec, cells):
@@ -83,8 +85,9 @@ def make_poses(spec, cells):
     for cell_id, strategy, hints in spec:
         cell = by_id[cell_id]
         pose = np.array([0.5, 0.5, 0.1])
-        poses.append(Pose(pose=pose, pose_w=cell.to_world(pose), cell_id=cell_id, scene=cell_id[:4],
-                          hints=[make_hint(cell, *h) for h in hints], described_by=strategy))
+        poses.append(Pose(pose=pose, pose_w=cell.to_world(pose), cell_id=cell_id,
+                          scene=cell_id[:4], hints=[make_hint(cell, *h) for h in hints],
+                          described_by=strategy))
     return poses
 
 
@@ -123,7 +126,8 @@ def test_scene_counts(stats):
     assert list(stats["scenes"]) == [TRAIN_SCENE, VAL_SCENE]
     assert stats["scenes"][TRAIN_SCENE] == {
         "split": "train", "cells": 3, "poses": 3, "objects": 29,
-        "classes": {"building": 4, "pole": 4, "lamp": 1, "road": 4, "vegetation": 10, "terrain": 6},
+        "classes": {"building": 4, "pole": 4, "lamp": 1, "road": 4, "vegetation": 10,
+                    "terrain": 6},
     }
     assert stats["scenes"][VAL_SCENE] == {
         "split": "val", "cells": 2, "poses": 1, "objects": 36,
@@ -162,7 +166,8 @@ def test_hint_statistics(stats):
     assert h["hints"] == 24
     assert h["hints_per_pose"] == {"min": 6, "median": 6.0, "mean": 6.0, "max": 6}
     assert h["matched_fraction"] == pytest.approx(23 / 24)
-    assert h["classes"] == {"building": 7, "pole": 6, "lamp": 1, "road": 4, "vegetation": 4, "terrain": 2}
+    assert h["classes"] == {"building": 7, "pole": 6, "lamp": 1, "road": 4, "vegetation": 4,
+                            "terrain": 2}
     assert h["matched_classes"]["vegetation"] == 3
     assert h["colors"] == {"dark-green": 3, "gray": 8, "black": 4, "green": 4, "beige": 5}
     assert h["described_by"] == {"closest": 2, "class": 1, "direction": 1}
@@ -179,7 +184,8 @@ def test_candidate_cells_per_query(stats):
     assert train["unique_fraction"] == pytest.approx(1 / 3)
     assert train["best_cell_contains_fraction"] == pytest.approx(2 / 3)
     # Ignoring colour, pose 3 fits its own cell and pose 1 still fits two.
-    assert train["class_only_cells"] == pytest.approx({"min": 1, "median": 1.0, "mean": 4 / 3, "max": 2})
+    assert train["class_only_cells"] == pytest.approx({"min": 1, "median": 1.0, "mean": 4 / 3,
+                                                       "max": 2})
     val = stats["ambiguity"]["val"]
     assert val["candidate_cells"]["max"] == 1 and val["unique_fraction"] == 1.0
     assert set(stats["ambiguity"]) == {"train", "val"}
@@ -222,7 +228,8 @@ def test_human_output_has_aligned_tables(stats):
     assert row.split() == [TRAIN_SCENE, "train", "3", "3", "29", "6"]
     # Right-aligned numbers end in the same column as their header.
     assert row.index("29") + 2 == header.index("objects") + len("objects")
-    for title in ("Sizes", "Objects per cell", "Classes (all splits)", "Hints", "Hint colour words"):
+    for title in ("Sizes", "Objects per cell", "Classes (all splits)", "Hints",
+                  "Hint colour words"):
         assert any(line.startswith(title) for line in lines), title
     assert any(line.split()[:2] == ["sidewalk", "20"] for line in lines)
 
@@ -260,7 +267,8 @@ def test_hint_segments_end_at_matched_object_centres():
     cell = by_id["0000_00002"]
     start, end = segments[-1]
     np.testing.assert_allclose(start, rec.poses[2].pose_w[:2])
-    np.testing.assert_allclose(end, cell.to_world(cell.objects[rec.poses[2].hints[-1].object_id].center[:2]))
+    np.testing.assert_allclose(
+        end, cell.to_world(cell.objects[rec.poses[2].hints[-1].object_id].center[:2]))
 
 
 def test_world_points_are_subsampled_and_in_world_frame(records):

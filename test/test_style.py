@@ -13,4 +13,5 @@ def test_flake8_is_clean():
                          text=True, timeout=600)
     problems = out.stdout.strip().splitlines()
     assert out.returncode == 0 and not problems, (
-        f"{len(problems)} style problems (flake8, setup.cfg):\n" + "\n".join(problems[:50]) + out.stderr)
+        f"{len(problems)} style problems (flake8, setup.cfg):\n"
+        + "\n".join(problems[:50]) + out.stderr)

@@ -55,11 +55,13 @@ def test_poses_follow_the_generation_rules(tiny_split):
             assert ids[same_scene[int(np.argmin(d))]] == pose.cell_id
             for h in pose.hints:
                 assert h.direction in C.DIRECTIONS and h.object_color_text in C.COLOR_NAMES
-                assert h.text == f"The pose is {h.direction} of a {h.object_color_text} {h.object_label}."
+                assert h.text == (f"The pose is {h.direction} of a "
+                                  f"{h.object_color_text} {h.object_label}.")
                 if h.is_matched:
                     obj = best.objects[h.object_id]
                     assert obj.instance_id == h.object_instance_id and obj.label == h.object_label
-                    np.testing.assert_allclose(h.best_offset_center, pose.pose[:2] - obj.center[:2])
+                    np.testing.assert_allclose(h.best_offset_center,
+                                               pose.pose[:2] - obj.center[:2])
 
 
 def test_same_seed_same_scene_and_other_seed_differs():
@@ -81,7 +83,8 @@ def test_classes_and_colours_recur_across_cells(tiny_split):
     cells = tiny_split["train"].cells
     per_cell = [set((o.color_text, o.label) for o in c.objects) for c in cells]
     pair_cells = Counter(p for s in per_cell for p in s)
-    hinted = Counter((h.object_color_text, h.object_label) for p in tiny_split["train"].poses for h in p.hints)
+    hinted = Counter((h.object_color_text, h.object_label)
+                     for p in tiny_split["train"].poses for h in p.hints)
     common = sum(n for pair, n in hinted.items() if pair_cells[pair] >= 3)
     assert common / sum(hinted.values()) > 0.8
     labels = Counter(o.label for c in cells for o in c.objects)
