@@ -38,40 +38,43 @@ def _collect(chunks: List[CoarseOutputs], names) -> CoarseOutputs:
     return out
 
 
+def _encode_in_chunks(encode, count: int, batch_size: int, fields, desc: str,
+                      progress: bool) -> CoarseOutputs:
+    """``encode(start, stop)`` over ``count`` items in chunks; ``fields`` gathered on the CPU."""
+    from tqdm import tqdm
+
+    chunks = []
+    for start in tqdm(range(0, count, batch_size), desc=desc, disable=not progress):
+        out = encode(start, min(start + batch_size, count))
+        chunks.append(CoarseOutputs(**{k: None if getattr(out, k) is None
+                                       else getattr(out, k).cpu() for k in fields}))
+    return _collect(chunks, fields)
+
+
 @torch.inference_mode()
 def encode_gallery(model, bank, batch_size: int = 128, device="cpu",
                    progress=False) -> CoarseOutputs:
     """Cell descriptors of every cell of ``bank`` (a CellBank), on the CPU."""
-    from tqdm import tqdm
-
     model.eval()
-    chunks = []
-    for start in tqdm(range(0, len(bank), batch_size), desc="gallery", disable=not progress):
-        rows = torch.arange(start, min(start + batch_size, len(bank)))
-        inputs = {k: v.to(device) for k, v in bank.batch(rows).items()}
-        out = model.encode_cells(**inputs)
-        chunks.append(CoarseOutputs(**{k: None if getattr(out, k) is None
-                                       else getattr(out, k).cpu()
-                                       for k in _CELL_FIELDS}))
-    return _collect(chunks, _CELL_FIELDS)
+
+    def encode(start, stop):
+        inputs = {k: v.to(device) for k, v in bank.batch(torch.arange(start, stop)).items()}
+        return model.encode_cells(**inputs)
+
+    return _encode_in_chunks(encode, len(bank), batch_size, _CELL_FIELDS, "gallery", progress)
 
 
 @torch.inference_mode()
 def encode_queries(model, cache, hints: Sequence[Sequence[str]], batch_size: int = 256,
                    device="cpu", progress=False) -> CoarseOutputs:
     """Text descriptors of queries given as lists of hint sentences, on the CPU."""
-    from tqdm import tqdm
-
     model.eval()
-    chunks = []
-    for start in tqdm(range(0, len(hints), batch_size), desc="queries", disable=not progress):
-        batch = {k: v.to(device)
-                 for k, v in text_batch(cache, hints[start:start + batch_size]).items()}
-        out = model.encode_text(**batch)
-        chunks.append(CoarseOutputs(**{k: None if getattr(out, k) is None
-                                       else getattr(out, k).cpu()
-                                       for k in _TEXT_FIELDS}))
-    return _collect(chunks, _TEXT_FIELDS)
+
+    def encode(start, stop):
+        batch = {k: v.to(device) for k, v in text_batch(cache, hints[start:stop]).items()}
+        return model.encode_text(**batch)
+
+    return _encode_in_chunks(encode, len(hints), batch_size, _TEXT_FIELDS, "queries", progress)
 
 
 @torch.inference_mode()
