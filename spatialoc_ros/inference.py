@@ -16,7 +16,7 @@ weights; later starts load it. Each stage is timed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -128,13 +128,11 @@ class Localizer:
         from .core.map_source import MapSource, open_map
         from .core.retriever import make_retriever
         from .core.text_cache import TextCache
-        from .core.weights import WeightsBundle, check_files
+        from .core.weights import WeightsBundle
         from .data.ground import GroundHeights
 
         start = time.perf_counter()
         self.map = map_dir if isinstance(map_dir, MapSource) else open_map(map_dir, scenes)
-        if not isinstance(weights, WeightsBundle):
-            check_files(weights)  # before any slow work: say what is missing
         self.device = pick_device(device)
         self.top_k, self.max_chars, self.max_hints = top_k, max_chars, max_hints
         self.weights = (weights if isinstance(weights, WeightsBundle)
@@ -142,7 +140,8 @@ class Localizer:
         self.coarse = load_coarse_stage(self.weights, str(self.map.path), self.map.name,
                                         self.map.cells, None, cache=cache, progress=progress)
         self.fine, self.fine_config = self.weights.fine, self.weights.fine_config
-        self.calibration = self.weights.calibration
+        # its own copy: fitting (``spatialoc eval --fit-calibration``) sets it on this localizer
+        self.calibration = replace(self.weights.calibration)
         self.retriever = make_retriever(retriever, self.coarse.gallery, self.weights.score_terms)
         self.text = TextCache(self.weights.text_encoder())
         self.ground = GroundHeights()

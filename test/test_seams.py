@@ -64,6 +64,8 @@ def test_any_map_source_and_a_shared_bundle_serve_like_a_folder(tiny_dataset, ti
     by_source = Localizer(CellsInMemory(tmp_path, cells), bundle, device="cpu", cache=cache,
                           top_k=5)
     assert by_source.weights is by_folder.weights is bundle  # loaded once, shared
+    by_folder.calibration.scale *= 2  # what fitting a calibration does to one localizer
+    assert by_source.calibration.scale == bundle.calibration.scale != by_folder.calibration.scale
     a, b = by_folder.localize(GOOD), by_source.localize(GOOD)
     assert [h.cell_id for h in a.hypotheses] == [h.cell_id for h in b.hypotheses]
     torch.testing.assert_close(torch.tensor(a.best.position), torch.tensor(b.best.position))
