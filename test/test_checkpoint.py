@@ -7,8 +7,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from spatialoc_ros.errors import SpatialocError
-from spatialoc_ros.networks.checkpoint import (load_checkpoint, load_config, load_optimizer, paths,
-                                               save_checkpoint, save_optimizer)
+from spatialoc_ros.networks.checkpoint import load_checkpoint, load_config, paths, save_checkpoint
 from spatialoc_ros.networks.pointnet import PointNet2
 
 
@@ -104,25 +103,6 @@ def test_factory_errors_are_one_line(tmp_path):
     message = one_line_error(
         lambda: load_checkpoint(lambda cfg: PointNet2(**cfg["nope"]), saved(tmp_path)))
     assert "m.json" in message and "nope" in message
-
-
-def test_optimizer_state_round_trip(tmp_path):
-    model = small_model()
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(2):
-        model(torch.rand(4, 3)).sum().backward()
-        opt.step()
-    save_optimizer(opt, tmp_path / "opt")
-    fresh = torch.optim.Adam(small_model().parameters(), lr=0.5)
-    load_optimizer(fresh, tmp_path / "opt")
-    a, b = opt.state_dict(), fresh.state_dict()
-    assert a["param_groups"] == b["param_groups"]
-    for pid in a["state"]:
-        for name, value in a["state"][pid].items():
-            torch.testing.assert_close(b["state"][pid][name], value)
-    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
-    message = one_line_error(lambda: load_optimizer(sgd, tmp_path / "opt"))
-    assert "Adam" in message and "SGD" in message
 
 
 def test_float16_storage_keeps_buffers_and_loads_into_float32(tmp_path):

@@ -17,23 +17,22 @@ class CoarseStage:
 
 def load_coarse_stage(weights, data: str, split: str, cells: Sequence,
                       hint_lists: Optional[Sequence[Sequence[str]]],
-                      cache: Optional[str] = None, device="cpu", progress: bool = True,
-                      bundle=None) -> CoarseStage:
+                      cache: Optional[str] = None, device="cpu",
+                      progress: bool = True) -> CoarseStage:
     """The coarse model of ``weights``, the bank and encoded gallery of ``cells``, and a text
     cache.
 
-    ``weights`` is a folder or a loaded :class:`~.weights.WeightsBundle` (``bundle`` is
-    the same, by keyword). The cell bank and the gallery descriptors are cached under
-    ``cache`` (default ``DATA/.spatialoc_cache``) and reused while the cells' content and
-    the weights stay the same.
+    ``weights`` is a folder or a loaded :class:`~.weights.WeightsBundle`. The cell bank
+    and the gallery descriptors are cached under ``cache`` (default
+    ``DATA/.spatialoc_cache``) and reused while the cells' content and the weights stay
+    the same.
     """
     from .frozen_inputs import cache_dir, load_bank, load_text_cache
     from .gallery import load_or_encode_gallery
     from .weights import WeightsBundle
 
-    if bundle is None:
-        bundle = (weights if isinstance(weights, WeightsBundle)
-                  else WeightsBundle.load(weights, device, fine=False))
+    bundle = (weights if isinstance(weights, WeightsBundle)
+              else WeightsBundle.load(weights, device, fine=False))
     root = cache_dir(data, cache)
     bank = load_bank(root, split, cells, bundle.pointnet, bundle.pointnet_info, bundle.max_objects,
                      bundle.seed, progress)

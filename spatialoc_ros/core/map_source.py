@@ -47,7 +47,7 @@ class KittiPoseMap:
 
     def __init__(self, root, scenes: Optional[Sequence[str]] = None,
                  frame_id: str = DEFAULT_FRAME):
-        from ..data.kitti360pose import available_scenes, load_split, resolve_scene
+        from ..data.kitti360pose import available_scenes, resolve_scene
 
         self.path = Path(root)
         available = available_scenes(self.path)
@@ -58,12 +58,13 @@ class KittiPoseMap:
         self.frame_id = frame_id
         self.name = split_label(self.scenes)
         self._split = None
-        self._load_split = lambda: load_split(self.path, self.scenes)
 
     def load(self) -> "KittiPoseMap":
         """Read the scene files (the slow part), once."""
         if self._split is None:
-            self._split = self._load_split()
+            from ..data.kitti360pose import load_split
+
+            self._split = load_split(self.path, self.scenes)
         return self
 
     @property

@@ -13,9 +13,8 @@ unexpected keys. Before the check, modules may upgrade an older file's
 entries (:func:`upgrade_state`), e.g. drop a parameter removed because it
 could never learn.
 
-Optimizer state (for resuming training) goes to a separate pair of files
-through :func:`save_optimizer` / :func:`load_optimizer`: tensors to
-safetensors, scalars and hyper-parameters to JSON.
+Resuming a training run (model, optimizer, scheduler, history) is the
+trainers' own ``<stage>_last.pt`` (``training/runtime.py``).
 """
 from __future__ import annotations
 
@@ -207,41 +206,3 @@ def load_checkpoint(model_or_factory: Union[nn.Module, Factory], path_stem: Path
     if map_location is not None:
         model.to(map_location)
     return model.eval(), config
-
-
-def save_optimizer(optimizer: torch.optim.Optimizer, path_stem: PathLike) -> None:
-    """Optimizer state: per-parameter tensors to safetensors, the rest to JSON."""
-    tensor_path, json_path = paths(path_stem)
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for name, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{name}"] = value
-            else:
-                scalars[f"{pid}.{name}"] = value
-    _write_tensors(tensor_path, tensors)
-    write_json(json_path, {"format": FORMAT, "optimizer": type(optimizer).__name__,
-                           "param_groups": sd["param_groups"], "scalars": scalars})
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, path_stem: PathLike) -> None:
-    """Restore what :func:`save_optimizer` wrote into an optimizer over the same parameters."""
-    tensor_path, json_path = paths(path_stem)
-    meta = _read_json(json_path)
-    if meta.get("optimizer") != type(optimizer).__name__:
-        raise SpatialocError(f"{json_path}: holds {meta.get('optimizer')} state, not "
-                             f"{type(optimizer).__name__}")
-    state: Dict[int, Dict[str, Any]] = {}
-    items = list(_read_tensors(tensor_path).items()) + list(meta.get("scalars", {}).items())
-    for key, value in items:
-        pid, _, name = key.partition(".")
-        state.setdefault(int(pid), {})[name] = value
-    # JSON turns tuples (Adam's betas) into lists; "params" is the one list that stays a list.
-    groups = [{k: v if k == "params" or not isinstance(v, list) else tuple(v)
-               for k, v in g.items()}
-              for g in meta.get("param_groups", [])]
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise SpatialocError(f"{json_path}: does not fit the optimizer ({_one_line(e)})") from None
