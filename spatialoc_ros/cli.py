@@ -61,6 +61,10 @@ def _add_data_synth(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes (default: chosen by the generator)")
+    p.add_argument("--ply", default=None, metavar="DIR",
+                   help="also write each scene as KITTI-360-style labelled PLY windows and its "
+                        "queries as JSONL (DIR/<scene>/static/*.ply, DIR/<scene>/queries.jsonl), "
+                        "for 'spatialoc map build'")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_run_data_synth)
 
@@ -99,7 +103,7 @@ def _run_data_synth(args) -> int:
     from .data import synth
 
     summary = synth.synthesize(args.preset, args.seed, args.out, workers=args.workers,
-                               progress=not args.quiet)
+                               progress=not args.quiet, ply_dir=args.ply)
     print(_format_synth_summary(summary, args.out))
     return EXIT_OK
 
@@ -160,6 +164,7 @@ COMMANDS: List[Union[Registrar, str]] = [
     ".commands.evaluate:add_eval_command",
     ".commands.localize:add_localize_command",
     ".commands.bench:add_bench_command",
+    ".commands.map:add_map_command",
 ]
 
 

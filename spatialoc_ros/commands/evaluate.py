@@ -13,6 +13,11 @@ def add_eval_command(commands) -> None:
                                         "covariance.")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="KITTI360Pose folder (required unless --reports)")
+    p.add_argument("--map", default=None, metavar="DIR",
+                   help="evaluate --queries against any map folder (a built map or a "
+                        "KITTI360Pose folder) instead of a benchmark split")
+    p.add_argument("--scenes", default=None, nargs="+", metavar="SCENE",
+                   help="with --map on a KITTI360Pose folder: only these scenes")
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--weights", default=["models"], nargs="+", metavar="DIR",
                    help="folder(s) with pointnet.*, coarse.* and (for localization) fine.*; "
@@ -31,7 +36,7 @@ def add_eval_command(commands) -> None:
                    help="draw recall@k against k for each --weights folder (or --reports file)")
     p.add_argument("--queries", default=None, metavar="FILE.jsonl",
                    help='queries {"text", "scene", "pose_w"} to evaluate against the split\'s '
-                        'gallery')
+                        'gallery; with --map, {"text", "pose_w"} in the map\'s coordinates')
     p.add_argument("--show", type=int, default=0, metavar="N",
                    help="draw N queries (map, top-k cells, prediction with its ellipses, ground "
                         "truth)")
@@ -54,6 +59,8 @@ def _run_eval(args) -> int:
 
     if args.reports:
         return _tabulate(load_reports(args.reports), args)
+    if args.map is not None:
+        return _run_eval_map(args)
     if args.data is None:
         raise SpatialocError("spatialoc eval needs --data DIR (or --reports FILE.json ... to "
                              "tabulate saved reports)")
@@ -81,6 +88,26 @@ def _run_eval(args) -> int:
         if r.get("pictures") and not args.json:
             print(f"pictures: {r['pictures'][-1]} and {len(r['pictures']) - 1} more in {args.out}")
     _plot(reports, args.weights, args)
+    return 0
+
+
+def _run_eval_map(args) -> int:
+    from ..errors import SpatialocError
+    from ..evaluation.evaluate import evaluate_map, format_report
+
+    if args.data is not None or args.queries is None:
+        raise SpatialocError("eval --map takes --queries FILE.jsonl (and no --data)")
+    if args.fit_calibration or args.distractors or args.order_sensitivity:
+        raise SpatialocError("--fit-calibration, --distractors and --order-sensitivity run on "
+                             "a benchmark split (--data), not on --map")
+    reports = [evaluate_map(args.map, args.queries, w, scenes=args.scenes, cache=args.cache,
+                            device=args.device, progress=not (args.quiet or args.json),
+                            show=args.show, show_dir=args.out)
+               for w in args.weights]
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports))
+    else:
+        print("\n".join(format_report(r) for r in reports))
     return 0
 
 

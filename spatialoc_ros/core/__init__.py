@@ -11,8 +11,9 @@ each other. Seams for what comes next:
 * :mod:`.weights` - one weights folder loaded and checked as a bundle.
 
 The rest: the device (:mod:`.device`), frozen-input caches (:mod:`.text_cache`,
-:mod:`.cell_bank`, :mod:`.frozen_inputs`, :mod:`.gallery`, keyed by :mod:`.digest`, stored
-through :mod:`.cache_files`), batched encoding (:mod:`.encoding`), the fused retrieval score
-and its recall (:mod:`.retrieval`), the consensus of overlapping cells (:mod:`.consensus`),
-the published covariance (:mod:`.covariance`) and the checks on query text (:mod:`.query_text`).
+:mod:`.cell_bank`, :mod:`.frozen_inputs`, :mod:`.gallery`, keyed by the digests of
+:mod:`spatialoc_ros.digest`, stored through :mod:`.cache_files`), batched encoding
+(:mod:`.encoding`), the fused retrieval score and its recall (:mod:`.retrieval`), the
+consensus of overlapping cells (:mod:`.consensus`), the published covariance
+(:mod:`.covariance`) and the checks on query text (:mod:`.query_text`).
 """

@@ -4,7 +4,7 @@
   text encoder (its name carries a fingerprint of its weights);
 * per set of cells, a :class:`.cell_bank.CellBank` of PointNet++ features,
   keyed by the PointNet++ weights' bytes, the slots, the sampling seed and the
-  cells' content (:func:`.digest.cells_digest`), so new weights or a changed
+  cells' content (:func:`~spatialoc_ros.digest.cells_digest`), so new weights or a changed
   map never reuse stale features.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
 from .cell_bank import CellBank, build_cell_bank
-from .digest import cells_digest, file_digest
+from ..digest import cells_digest, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def cache_dir(data, cache=None) -> Path:
 def bank_key(split: str, pointnet_digest: str, max_objects: int, seed: int,
              cells: Sequence) -> str:
     """The name of a cell bank's cache file (without suffix): everything its contents depend on,
-    the cells' content included (:func:`~.digest.cells_digest`)."""
+    the cells' content included (:func:`~spatialoc_ros.digest.cells_digest`)."""
     return f"{BANK_FORMAT}-{split}-{pointnet_digest}-{max_objects}-{seed}-{cells_digest(cells)}"
 
 

@@ -21,7 +21,7 @@ import torch
 
 from ..networks.outputs import CoarseOutputs
 from .cache_files import load_tensors, save_tensors
-from .digest import file_digest
+from ..digest import file_digest
 
 log = logging.getLogger(__name__)
 

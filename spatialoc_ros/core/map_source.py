@@ -2,9 +2,10 @@
 
 A map source gives the cells of a map (the gallery), their lookup by id, the
 descriptions recorded with the map when it has any (the demo and the benchmark
-ask them), a name for cache files and the frame its positions are in. Today's
-source is a KITTI360Pose folder (``cells/``, ``poses/``, ``direction/``; all its
-scenes or those named). Other formats plug in by adding a class with the same
+ask them), a name for cache files and the frame its positions are in. Two sources
+exist: a KITTI360Pose folder (``cells/``, ``poses/``, ``direction/``; all its
+scenes or those named) and a folder built by ``spatialoc map build`` from labelled
+point clouds (``map.json``). Other formats plug in by adding a class with the same
 attributes and a test in :func:`open_map` that recognises their folders.
 """
 from __future__ import annotations
@@ -80,6 +81,42 @@ class KittiPoseMap:
         return self.load()._split.poses
 
 
+class BuiltMap:
+    """A map folder written by ``spatialoc map build`` (``map.json``, ``cells.safetensors``).
+
+    Its frame and origin come from ``map.json``; its cells' world coordinates already include
+    the origin. It has no recorded descriptions; ``spatialoc eval --map --queries`` brings
+    them.
+    """
+
+    def __init__(self, root):
+        from ..data.map_folder import read_map_meta
+
+        self.path = Path(root)
+        self.meta = read_map_meta(self.path)
+        self.name = str(self.meta.get("name", "map"))
+        self.frame_id = str(self.meta.get("frame_id", DEFAULT_FRAME))
+        self.scenes = [self.name]
+        self.poses: List = []
+        self._cells: Optional[List] = None
+
+    def load(self) -> "BuiltMap":
+        if self._cells is None:
+            from ..data.map_folder import read_map_cells
+
+            self._cells = read_map_cells(self.path, self.name)
+            self._by_id = {c.id: c for c in self._cells}
+        return self
+
+    @property
+    def cells(self) -> List:
+        return self.load()._cells
+
+    @property
+    def cells_by_id(self) -> Dict[str, object]:
+        return self.load()._by_id
+
+
 def is_kitti360pose_folder(path: Path) -> bool:
     return (path / "cells").is_dir()
 
@@ -94,7 +131,15 @@ def open_map(path, scenes: Optional[Sequence[str]] = None,
     root = Path(path)
     if not root.is_dir():
         raise SpatialocError(f"{path}: no such map folder")
+    from ..data.map_folder import is_map_folder
+
+    if is_map_folder(root):
+        if scenes and list(scenes) != [BuiltMap(root).name]:
+            raise SpatialocError(f"{path}: a built map has one scene ({BuiltMap(root).name}); "
+                                 "leave out the scenes")
+        return BuiltMap(root)
     if is_kitti360pose_folder(root):
         return KittiPoseMap(root, scenes, frame_id)
-    raise SpatialocError(f"{path}: not a map folder (expected a KITTI360Pose folder with cells/ "
-                         "and poses/)")
+    raise SpatialocError(f"{path}: not a map folder (expected a map built by 'spatialoc map "
+                         "build', with map.json, or a KITTI360Pose folder with cells/ and "
+                         "poses/)")

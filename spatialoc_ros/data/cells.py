@@ -29,6 +29,11 @@ class SceneObject:
     label: str
     xyz: np.ndarray  # float64 [N, 3]
     rgb: np.ndarray  # float32 [N, 3]
+    stuff: Optional[bool] = None  # cropped and clustered per cell; None: by its class
+
+    @property
+    def is_stuff(self) -> bool:
+        return self.label in C.STUFF_CLASSES if self.stuff is None else self.stuff
 
 
 class SceneIndex:
@@ -38,7 +43,7 @@ class SceneIndex:
         self.objects = list(objects)
         owners, lo, hi, pts, cols = [], [], [], [], []
         for i, obj in enumerate(self.objects):
-            if obj.label in C.STUFF_CLASSES:
+            if obj.is_stuff:
                 keys = np.floor(obj.xyz[:, :2] / _TILE).astype(np.int64)
                 _, inverse = np.unique(keys, axis=0, return_inverse=True)
                 groups = [np.flatnonzero(inverse.ravel() == k) for k in range(inverse.max() + 1)]
@@ -56,7 +61,7 @@ class SceneIndex:
         self.tile_hi = np.asarray(hi).reshape(-1, 3)
         self.tile_xyz = pts
         self.tile_rgb = cols
-        inst = [o.xyz for o in self.objects if o.label in C.INSTANCE_CLASSES]
+        inst = [o.xyz for o in self.objects if not o.is_stuff]
         self._instance_tree = cKDTree(np.concatenate(inst)) if inst else None
 
     def tiles_in(self, bbox: np.ndarray) -> np.ndarray:
@@ -101,7 +106,7 @@ def build_cell(
     kept: List[Object3d] = []
     for owner in np.unique(index.tile_owner[hits]):  # ascending = scene order
         obj = index.objects[owner]
-        if obj.label in C.INSTANCE_CLASSES:
+        if not obj.is_stuff:
             inside = _inside(obj.xyz, bbox)
             if inside.sum() >= C.INSIDE_FRACTION * len(obj.xyz):
                 kept.append(Object3d(0, obj.instance_id, obj.label, obj.xyz.copy(),
@@ -164,6 +169,24 @@ def grid_cell_centers(locations: np.ndarray) -> np.ndarray:
     d, nearest = cKDTree(locations[:, :2]).query(centers, k=1)
     keep = d <= C.CELL_SIZE
     return np.concatenate([centers[keep], locations[nearest[keep], 2:3]], axis=1)
+
+
+def ground_cell_centers(standing: np.ndarray) -> np.ndarray:
+    """Cell centres of a map without a drive: one per 10 m grid square holding ground a person
+    can stand on, at the square's centre and that ground's median height.
+
+    Every point of that ground is within 7.1 m (half the square's diagonal) of a centre, as a
+    drive's poses are of the benchmark's grid.
+    """
+    if len(standing) == 0:
+        return np.zeros((0, 3))
+    keys = np.floor(standing[:, :2] / C.CELL_DIST).astype(np.int64)
+    squares, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(squares) + 1))
+    z = np.array([np.median(standing[order[a:b], 2]) for a, b in zip(bounds[:-1], bounds[1:])])
+    return np.concatenate([(squares + 0.5) * C.CELL_DIST, z[:, None]], axis=1)
 
 
 def make_cells(index: SceneIndex, centers: np.ndarray, scene_short: str,

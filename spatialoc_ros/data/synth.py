@@ -57,8 +57,9 @@ PRESETS = {
 }
 
 
-def build_scene(scene: str, preset: str, seed: int, progress_queue=None):
-    """Generate one scene: (cells, poses, timing dict)."""
+def build_scene(scene: str, preset: str, seed: int, progress_queue=None, ply_dir=None):
+    """Generate one scene: (cells, poses, timing dict); with ``ply_dir``, also write the scene as
+    KITTI-360-style labelled PLY windows and its queries (:mod:`.scene_ply`)."""
     from .cells import (SceneIndex, close_locations, grid_cell_centers, make_cells,
                         subsample_locations)
     from .city import generate_city
@@ -80,6 +81,10 @@ def build_scene(scene: str, preset: str, seed: int, progress_queue=None):
 
     cells = make_cells(index, centers, short, progress=tick)
     poses = make_poses(index, cells, pose_locs, rng, progress=tick)
+    if ply_dir is not None:
+        from .scene_ply import write_scene_ply
+
+        write_scene_ply(ply_dir, scene, city.objects, city.trajectory, poses)
     timing = {"city_s": t1 - t0, "cells_s": time.perf_counter() - t1, "objects": len(city.objects)}
     return cells, poses, timing
 
@@ -91,17 +96,18 @@ def _work_units(scene: str, preset: str) -> int:
 
 
 def _run_one(args):
-    scene, preset, seed, out, queue = args
+    scene, preset, seed, out, queue, ply_dir = args
     from .kitti360pose import write_scene
 
-    cells, poses, timing = build_scene(scene, preset, seed, queue)
+    cells, poses, timing = build_scene(scene, preset, seed, queue, ply_dir)
     write_scene(out, scene, cells, poses)
     return scene, len(cells), len(poses), timing
 
 
 def synthesize(preset: str, seed: int, out, workers: Optional[int] = None,
-               progress: bool = True) -> dict:
-    """Write the preset's dataset to ``out`` (a KITTI360Pose folder) and return a summary."""
+               progress: bool = True, ply_dir=None) -> dict:
+    """Write the preset's dataset to ``out`` (a KITTI360Pose folder) and return a summary;
+    ``ply_dir`` also gets each scene as labelled PLY windows (:mod:`.scene_ply`)."""
     from tqdm import tqdm
 
     if preset not in PRESETS:
@@ -117,7 +123,8 @@ def synthesize(preset: str, seed: int, out, workers: Optional[int] = None,
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         queue = manager.Queue()
-        jobs = [(s, preset, seed, str(out), queue) for s in scenes]
+        jobs = [(s, preset, seed, str(out), queue, None if ply_dir is None else str(ply_dir))
+                for s in scenes]
         with ctx.Pool(workers, initializer=_quiet_worker) as pool:
             pending = pool.imap_unordered(_run_one, jobs)
             done = 0

@@ -24,13 +24,13 @@ CURVE_KS = tuple(range(1, 11))  # recall@k for the plot
 @dataclass
 class Query:
     hints: List[str]
-    scene: str  # short scene name
+    scene: Optional[str]  # short scene name (None: the map's only scene)
     pose_w: np.ndarray
     cell_id: Optional[str] = None
 
 
 def read_queries(path) -> List[Query]:
-    """Queries of a JSONL file: ``{"text", "scene", "pose_w": [x, y, z]}`` (+ optional
+    """Queries of a JSONL file: ``{"text", "pose_w": [x, y, z]}`` (+ optional ``"scene"`` and
     ``"cell_id"``)."""
     from ..data.constants import scene_short_name
     from ..networks.text_encoder import split_sentences
@@ -46,7 +46,9 @@ def read_queries(path) -> List[Query]:
         try:
             d = json.loads(line)
             hints = split_sentences(d["text"])
-            scene = d["scene"] if len(d["scene"]) == 4 else scene_short_name(d["scene"])
+            scene = d.get("scene")
+            scene = None if scene is None else scene if len(scene) == 4 \
+                else scene_short_name(scene)
             pose_w = np.asarray(d["pose_w"], dtype=np.float64).reshape(3)
         except (ValueError, KeyError, TypeError) as exc:
             raise SpatialocError(f"{path}:{n}: not a query ({exc})") from None
@@ -102,6 +104,8 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
         raise SpatialocError("--distractors: test scenes cannot take part in a validation run")
     if queries_file:
         queries = read_queries(queries_file)
+        if any(q.scene is None for q in queries):
+            raise SpatialocError(f"{queries_file}: every query needs its \"scene\" on a split")
     else:
         queries = [Query([h.text for h in p.hints], p.scene, p.pose_w, p.cell_id)
                    for p in data_split.poses]
@@ -114,8 +118,12 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
         raise SpatialocError("--fit-calibration fits on validation data: use --split val")
     report = {"split": split, "num_queries": len(queries), "weights": str(weights)}
     if (Path(weights) / "fine.safetensors").exists():
-        report.update(_pipeline(data, data_split, weights, queries, gt, cache, device, progress,
-                                fit_calibration, show, show_dir, distractors))
+        from ..inference import Localizer
+
+        loc = Localizer(data, weights, scenes=list(data_split.scenes) + list(distractors),
+                        device=device, cache=cache, top_k=max(CURVE_KS), progress=progress)
+        report.update(_pipeline(loc, weights, queries, gt, progress, fit_calibration, show,
+                                show_dir, data_split.name, distractors))
         if distractors:
             report["distractors"] = distractors
     elif distractors:
@@ -127,6 +135,45 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
     else:
         report.update(_retrieval(data, split, data_split, weights, queries, gt, cache, device,
                                  progress))
+    return report
+
+
+def evaluate_map(map_dir: str, queries_file: str, weights: str = "models",
+                 scenes: Optional[Sequence[str]] = None, cache: Optional[str] = None,
+                 device: str = "auto", progress: bool = True, show: int = 0,
+                 show_dir: Optional[str] = None) -> dict:
+    """Recorded descriptions (``{"text", "pose_w"}``, the map's world coordinates) against any
+    map: localization recall and calibration; retrieval recall only where every query names
+    its cell (``"cell_id"``) or the map is a KITTI360Pose folder, whose ground-truth cells the
+    benchmark defines."""
+    from ..core.map_source import KittiPoseMap, open_map
+    from ..data.constants import scene_short_name
+    from ..inference import Localizer
+
+    if not (Path(weights) / "fine.safetensors").exists():
+        raise SpatialocError(f"{weights}: no fine.safetensors; eval --map measures positions")
+    queries = read_queries(queries_file)
+    source = open_map(map_dir, scenes)
+    short = [scene_short_name(s) if isinstance(source, KittiPoseMap) and len(s) != 4 else s
+             for s in source.scenes]
+    for q in queries:
+        if not isinstance(source, KittiPoseMap) or (q.scene is None and len(short) == 1):
+            q.scene = short[0]  # a built map is one place: its queries are all in it
+        elif q.scene not in short:
+            raise SpatialocError(f"{queries_file}: a query of scene {q.scene} is not in the "
+                                 f"map's scenes ({', '.join(short)})")
+    loc = Localizer(source, weights, device=device, cache=cache, top_k=max(CURVE_KS),
+                    progress=progress)
+    named = all(q.cell_id is not None for q in queries)
+    gt = None
+    if isinstance(source, KittiPoseMap) or named:
+        gt = best_cell_ids(queries, loc.cells)
+        unknown = [g for g in gt if g not in loc.map.cells_by_id]
+        if unknown:
+            raise SpatialocError(f"{queries_file}: cell {unknown[0]} is not in the map")
+    report = {"map": str(map_dir), "frame_id": source.frame_id, "num_queries": len(queries),
+              "weights": str(weights)}
+    report.update(_pipeline(loc, weights, queries, gt, progress, False, show, show_dir))
     return report
 
 
@@ -150,10 +197,10 @@ def _retrieval(data, split, data_split, weights, queries, gt, cache, device, pro
             "score_terms": list(stage.score_terms)}
 
 
-def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, fit, show=0,
-              show_dir=None, distractors=()) -> dict:
-    """Coarse + fine: retrieval and localization recall, calibration of the published
-    covariance."""
+def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
+              fitted_on="", distractors=()) -> dict:
+    """Coarse + fine: retrieval recall (where ``gt`` names the queries' cells), localization
+    recall and the calibration of the published covariance."""
     import torch
     from tqdm import tqdm
 
@@ -161,14 +208,12 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
     from ..core.consensus import fit_consensus
     from ..core.covariance import informative_scores, published_covariance
     from ..core.weights import CALIBRATION_FILE
-    from ..inference import Candidates, Localizer
+    from ..inference import Candidates
     from ..core.query_text import recognised_hints
     from ..core.retrieval import retrieval_metrics
     from .localization import (calibration_report, candidate_errors, fit_calibration,
                                localization_recall)
 
-    loc = Localizer(data, weights, scenes=list(data_split.scenes) + list(distractors),
-                    device=device, cache=cache, top_k=max(CURVE_KS), progress=progress)
     loc.encode_sentences(sorted({s for q in queries for s in q.hints}))
     parts = []
     for start in tqdm(range(0, len(queries), 64), desc="queries", unit="batch",
@@ -188,12 +233,13 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
         return candidate_errors(c.positions, same_scene(c), truth)
 
     errors = errors_of(cand)  # the protocol: retrieval order, each cell's own position
-    gt_rows = loc.coarse.gallery.rows(gt)
-    out = {"gallery_cells": loc.num_cells,
-           "retrieval_recall": retrieval_metrics(cand.rows, gt_rows, RETRIEVAL_KS),
-           "retrieval_recall_curve": retrieval_metrics(cand.rows, gt_rows, CURVE_KS),
-           "localization_recall": localization_recall(errors),
-           "score_terms": list(loc.coarse.score_terms)}
+    out = {"gallery_cells": loc.num_cells}
+    if gt is not None:
+        gt_rows = loc.coarse.gallery.rows(gt)
+        out["retrieval_recall"] = retrieval_metrics(cand.rows, gt_rows, RETRIEVAL_KS)
+        out["retrieval_recall_curve"] = retrieval_metrics(cand.rows, gt_rows, CURVE_KS)
+    out["localization_recall"] = localization_recall(errors)
+    out["score_terms"] = list(loc.coarse.score_terms)
     informative = torch.tensor([recognised_hints(q.hints) / len(q.hints) for q in queries])
     weighted = informative_scores(cand.scores, informative)  # what the published answer uses
     if fit:
@@ -206,7 +252,7 @@ def _pipeline(data, data_split, weights, queries, gt, cache, device, progress, f
         gallery = (f", gallery {loc.num_cells} cells with {', '.join(distractors)}"
                    if distractors else "")
         cal, _ = fit_calibration(cand.positions, weighted, cand.precision, cand.cell_size, truth,
-                                 fitted_on=f"{data_split.name}: {len(queries)} queries{gallery}",
+                                 fitted_on=f"{fitted_on}: {len(queries)} queries{gallery}",
                                  centre=ordered.positions[:, 0], consensus=(beta, bandwidth))
         path = Path(weights) / CALIBRATION_FILE
         write_json(path, cal.to_dict())
@@ -245,10 +291,12 @@ def _draw(loc, queries, count: int, folder: str) -> List[str]:
 
 
 def format_report(report: dict) -> str:
-    r = report["retrieval_recall"]
-    lines = [f"{report['split']}: {report['num_queries']} queries, gallery of "
-             f"{report['gallery_cells']} cells",
-             f"retrieval recall@1/3/5: {r['1']:.3f} / {r['3']:.3f} / {r['5']:.3f}"]
+    where = report.get("split") or report.get("map")
+    lines = [f"{where}: {report['num_queries']} queries, gallery of "
+             f"{report['gallery_cells']} cells"]
+    r = report.get("retrieval_recall")
+    lines.append(f"retrieval recall@1/3/5: {r['1']:.3f} / {r['3']:.3f} / {r['5']:.3f}" if r else
+                 "retrieval recall: not measured (the queries name no ground-truth cell)")
     for k, by_eps in report.get("localization_recall", {}).items():
         lines.append(f"localization recall k={k:>2} within 5/10/15 m: "
                      + " / ".join(f"{by_eps[e]:.3f}" for e in ("5", "10", "15")))

@@ -1,0 +1,59 @@
+"""``spatialoc map build``: argument wiring; the procedure is in spatialoc_ros.data.map_build."""
+from __future__ import annotations
+
+import json
+
+
+def add_map_command(commands) -> None:
+    p = commands.add_parser("map", help="build a localization map from labelled point clouds",
+                            description="Maps from your own data.")
+    sub = p.add_subparsers(dest="map_command", metavar="{build}")
+    sub.required = True
+    b = sub.add_parser("build", help="cut labelled PLY/PCD clouds into a map folder",
+                       description="Read labelled PLY/PCD clouds (several windows of one area "
+                                   "are merged), cut them into 30 m cells on a 10 m grid as the "
+                                   "benchmark is cut, and write a map folder that localize "
+                                   "--map, eval --map and the node's map_path load.")
+    b.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help=".ply or .pcd files, or folders of them")
+    b.add_argument("--out", required=True, metavar="DIR", help="map folder to write")
+    b.add_argument("--labels", default="kitti360", metavar="kitti360|FILE.yaml",
+                   help="label mapping: KITTI-360's semantic PLY (default) or a YAML file "
+                        "naming the fields and mapping class values (README, 'Your own map')")
+    b.add_argument("--frame-id", default="map", metavar="F",
+                   help="frame the map's positions are published in (default: map)")
+    b.add_argument("--origin", nargs=3, type=float, default=(0.0, 0.0, 0.0),
+                   metavar=("X", "Y", "Z"),
+                   help="added to every input coordinate: positions come out in the input's "
+                        "coordinates plus this (default: 0 0 0)")
+    b.add_argument("--trajectory", default=None, metavar="FILE",
+                   help="the drive that recorded the cloud (KITTI-360's poses.txt, or x y z "
+                        "lines): cells are placed along it as the benchmark places them; "
+                        "default: over all the ground a person can stand on")
+    b.add_argument("--name", default="map",
+                   help="names the cells (<name>_<number>) and the map's cache files")
+    b.add_argument("--force", action="store_true", help="replace --out if it exists")
+    b.add_argument("--json", action="store_true", help="print the map's metadata as JSON")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(handler=_run_build)
+
+
+def _run_build(args) -> int:
+    from ..data.map_build import build_map
+
+    meta = build_map(args.inputs, args.out, labels=args.labels, frame_id=args.frame_id,
+                     origin=args.origin, name=args.name, trajectory=args.trajectory,
+                     force=args.force,
+                     progress=not args.quiet)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    counts, seconds = meta["counts"], meta["seconds"]
+    rate = counts["points"] / max(seconds["read"], 1e-9)
+    print(f"read {counts['points']:,} points from {len(meta['sources'])} file(s) in "
+          f"{seconds['read']:.1f} s ({rate:,.0f} points/s): {counts['objects']:,} objects")
+    print(f"cut {counts['cells']:,} cells from {counts['cell_centres']:,} centres in "
+          f"{seconds['cells']:.1f} s ({counts['cells'] / max(seconds['cells'], 1e-9):.1f} "
+          "cells/s)")
+    print(f"wrote {args.out} (frame {meta['frame_id']}) in {seconds['total']:.1f} s")
+    return 0
