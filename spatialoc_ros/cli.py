@@ -65,6 +65,11 @@ def _add_data_synth(sub) -> None:
                    help="also write each scene as KITTI-360-style labelled PLY windows and its "
                         "queries as JSONL (DIR/<scene>/static/*.ply, DIR/<scene>/queries.jsonl), "
                         "for 'spatialoc map build'")
+    p.add_argument("--ply-copies", type=int, default=1, metavar="N",
+                   help="with --ply: write every point N times with 2 cm of noise, as a denser "
+                        "scanner sees the scene (to measure builds of large clouds)")
+    p.add_argument("--scenes", default=None, nargs="+", metavar="SCENE",
+                   help="only these scenes (drive names or 4-digit short names)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_run_data_synth)
 
@@ -100,10 +105,13 @@ def _add_data_show(sub) -> None:
 def _run_data_synth(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise SpatialocError(f"--workers must be at least 1, got {args.workers}")
+    if args.ply_copies < 1 or (args.ply_copies > 1 and args.ply is None):
+        raise SpatialocError("--ply-copies is at least 1 and needs --ply")
     from .data import synth
 
     summary = synth.synthesize(args.preset, args.seed, args.out, workers=args.workers,
-                               progress=not args.quiet, ply_dir=args.ply)
+                               progress=not args.quiet, ply_dir=args.ply,
+                               ply_copies=args.ply_copies, scenes=args.scenes)
     print(_format_synth_summary(summary, args.out))
     return EXIT_OK
 

@@ -198,9 +198,11 @@ class CloudFile:
                             "--labels FILE.yaml")
 
     def chunks(self, labels: LabelMap, counts: ReadCounts,
-               chunk: int = CHUNK_POINTS) -> Iterator[CloudChunk]:
-        """The file's usable points, ``chunk`` at a time; ``counts`` records what was dropped."""
+               chunk: Optional[int] = None) -> Iterator[CloudChunk]:
+        """The file's usable points, ``chunk`` (default :data:`CHUNK_POINTS`) at a time;
+        ``counts`` records what was dropped."""
         self.check_fields(labels)
+        chunk = chunk or CHUNK_POINTS  # read now, not when the module was loaded
         lut_keys = np.array(sorted(labels.classes), dtype=np.int64)
         lut_vals = np.array([-1 if labels.class_index(k) is None else labels.class_index(k)
                              for k in lut_keys], dtype=np.int16)

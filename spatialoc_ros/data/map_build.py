@@ -11,7 +11,9 @@
    a 10 m grid, along the drive when one is given (``--trajectory``, as the benchmark
    places them) or else over the ground a person can stand on
    (:func:`.cells.ground_cell_centers`); kept where an instance object is within 15 m and
-   at least six objects fall inside.
+   at least six objects fall inside. All of this happens in the clouds' own coordinates;
+   ``--origin`` is added to the cells' boxes at the end, so it moves the map without changing
+   it (a grid laid after adding it would move by whole grid steps, not by the origin).
 3. Write ``map.json`` and ``cells.safetensors`` (:mod:`.map_folder`) into a temporary
    folder beside ``--out`` and rename it into place, so a failed build leaves nothing.
 """
@@ -54,7 +56,8 @@ class _Voxels:
         self.keys: List[np.ndarray] = []  # int64 packed voxel keys (or raw point indices)
         self.sums: List[np.ndarray] = []  # float64 [n, 6]: xyz and rgb sums
         self.counts: List[np.ndarray] = []
-        self.pending = 0
+        self.pending = 0  # rows not yet merged across chunks
+        self.compacted = 0  # voxels after the last merge
         self.raw_points = 0
 
     def add(self, xyz: np.ndarray, rgb: np.ndarray) -> None:
@@ -71,21 +74,19 @@ class _Voxels:
             raise DataError(f"one object spans more than {(1 << _KEY_BITS) * self.size / 1000:.0f}"
                             " km; check the instance ids of the cloud")
         keys = (q[:, 0] << (2 * _KEY_BITS)) | (q[:, 1] << _KEY_BITS) | q[:, 2]
+        keys, values, counts = _merge(keys, values, np.ones(len(keys), np.int64))
         self.keys.append(keys)
         self.sums.append(values)
-        self.counts.append(np.ones(len(keys), np.int64))
+        self.counts.append(counts)
         self.pending += len(keys)
-        if self.pending > _COMPACT_ROWS:
+        if self.pending > max(_COMPACT_ROWS, 2 * self.compacted):
             self._compact()
 
     def _compact(self) -> None:
-        keys = np.concatenate(self.keys)
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        sums = np.concatenate(self.sums)
-        merged = np.stack([np.bincount(inverse, sums[:, j], len(uniq)) for j in range(6)], 1)
-        counts = np.bincount(inverse, np.concatenate(self.counts), len(uniq)).astype(np.int64)
-        self.keys, self.sums, self.counts = [uniq], [merged], [counts]
-        self.pending = len(uniq)
+        keys, sums, counts = _merge(np.concatenate(self.keys), np.concatenate(self.sums),
+                                    np.concatenate(self.counts))
+        self.keys, self.sums, self.counts = [keys], [sums], [counts]
+        self.pending = self.compacted = len(keys)
 
     def points(self) -> Tuple[np.ndarray, np.ndarray]:
         """(xyz float64, rgb float32): voxel means, in voxel-key order (or the raw points)."""
@@ -95,6 +96,13 @@ class _Voxels:
             self._compact()
             values = self.sums[0] / self.counts[0][:, None]
         return values[:, :3], values[:, 3:].astype(np.float32)
+
+
+def _merge(keys: np.ndarray, sums: np.ndarray, counts: np.ndarray):
+    """Rows with equal voxel keys summed into one: (unique keys, sums, counts)."""
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    merged = np.stack([np.bincount(inverse, sums[:, j], len(uniq)) for j in range(6)], 1)
+    return uniq, merged, np.bincount(inverse, counts, len(uniq)).astype(np.int64)
 
 
 @dataclass
@@ -108,8 +116,8 @@ class BuildReport:
     seconds: Dict[str, float] = field(default_factory=dict)
 
 
-def gather_objects(files: Sequence[Path], labels: LabelMap, origin: np.ndarray,
-                   report: BuildReport, progress: bool = True) -> List[SceneObject]:
+def gather_objects(files: Sequence[Path], labels: LabelMap, report: BuildReport,
+                   progress: bool = True) -> List[SceneObject]:
     """Scene objects of all files: merged by (class, instance) and voxel-downsampled, in the
     original generator's scene order: by the file they first appear in, then class, then
     instance id."""
@@ -130,10 +138,10 @@ def gather_objects(files: Sequence[Path], labels: LabelMap, origin: np.ndarray,
         if spacing is not None and spacing > FLOAT32_WARN_M:
             log.warning("%s: float32 coordinates this far from 0 are only %.2f m apart; store "
                         "them as double (or nearer 0) for an exact map", cloud.path, spacing)
-        report.sources.append({"path": str(cloud.path), "sha256": file_digest(cloud.path),
+        report.sources.append({"path": str(cloud.path), "sha256": file_digest(cloud.path, 64),
                                "points": cloud.num_points})
         for chunk in cloud.chunks(labels, report.counts):
-            _add_chunk(objects, chunk, origin, voxel, number)
+            _add_chunk(objects, chunk, voxel, number)
             bar.update(report.counts.points - bar.n)
         bar.update(report.counts.points - bar.n)
     bar.close()
@@ -149,13 +157,13 @@ def gather_objects(files: Sequence[Path], labels: LabelMap, origin: np.ndarray,
     return scene
 
 
-def _add_chunk(objects, chunk, origin: np.ndarray, voxel, file_number: int) -> None:
+def _add_chunk(objects, chunk, voxel, file_number: int) -> None:
     key = (chunk.cls.astype(np.int64) << 40) ^ (chunk.instance & ((1 << 40) - 1))
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
     starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
     ends = np.r_[starts[1:], len(order)]
-    xyz = chunk.xyz + origin[None, :]
+    xyz = chunk.xyz
     for a, b in zip(starts, ends):
         rows = order[a:b]
         cls, instance = int(chunk.cls[rows[0]]), int(chunk.instance[rows[0]])
@@ -175,9 +183,9 @@ def standing_points(objects: Sequence[SceneObject]) -> np.ndarray:
     return np.concatenate(ground) if ground else np.zeros((0, 3))
 
 
-def read_trajectory(path, origin: np.ndarray) -> np.ndarray:
+def read_trajectory(path) -> np.ndarray:
     """Positions [T, 3] of a drive: KITTI-360's ``poses.txt`` (a frame number and a 3x4 pose
-    matrix per line) or plain ``x y z`` lines; the map's origin is added."""
+    matrix per line) or plain ``x y z`` lines, in the clouds' coordinates."""
     try:
         rows = np.loadtxt(path, ndmin=2, dtype=np.float64)
     except OSError as exc:
@@ -193,7 +201,7 @@ def read_trajectory(path, origin: np.ndarray) -> np.ndarray:
                         "(13 columns) or x y z (3 columns)")
     if len(xyz) == 0 or not np.isfinite(xyz).all():
         raise DataError(f"{path}: empty, or a position is NaN or infinite")
-    return xyz + origin[None, :]
+    return xyz
 
 
 def cell_centres(index: SceneIndex, objects: Sequence[SceneObject],
@@ -242,13 +250,15 @@ def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str
         raise DataError("--origin must be three finite numbers")
     mapping = label_map(labels)
     files = find_clouds(inputs)
-    drive = None if trajectory is None else read_trajectory(trajectory, origin_arr)
+    drive = None if trajectory is None else read_trajectory(trajectory)
     report = BuildReport()
     t0 = time.perf_counter()
-    objects = gather_objects(files, mapping, origin_arr, report, progress)
+    objects = gather_objects(files, mapping, report, progress)
     _warn_dropped(report.counts, mapping)
     t1 = time.perf_counter()
     cells = cut_cells(objects, name, report, drive, progress)
+    for cell in cells:  # cell points are relative to the box: only the box moves
+        cell.bbox_w = cell.bbox_w + np.concatenate([origin_arr, origin_arr])
     t2 = time.perf_counter()
     report.seconds = {"read": t1 - t0, "cells": t2 - t1}
     meta = _metadata(name, frame_id, origin_arr, mapping, report, len(objects))

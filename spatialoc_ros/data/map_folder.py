@@ -70,7 +70,7 @@ def write_map_folder(folder, cells: Sequence[Cell], meta: dict) -> None:
     folder = Path(folder)
     save_file(cells_to_arrays(cells), str(folder / CELLS_FILE))
     meta = dict(meta, format=FORMAT, version=VERSION,
-                cells_file={"name": CELLS_FILE, "sha256": file_digest(folder / CELLS_FILE)})
+                cells_file={"name": CELLS_FILE, "sha256": file_digest(folder / CELLS_FILE, 64)})
     atomic.write_json(folder / MAP_FILE, meta)
 
 

@@ -24,6 +24,7 @@ from . import constants as C
 from .cells import SceneObject
 
 WINDOW_M = 250.0  # metres of drive per window file
+COPY_NOISE_M = 0.02
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
                       ("blue", "u1"), ("semantic", "<i4"), ("instance", "<i4"),
                       ("visible", "u1"), ("confidence", "<f4")])
@@ -49,9 +50,10 @@ def scene_points(objects: Sequence[SceneObject]) -> np.ndarray:
 
 
 def write_scene_ply(folder, scene: str, objects: Sequence[SceneObject], trajectory: np.ndarray,
-                    poses: Sequence = (), binary: bool = True) -> Path:
+                    poses: Sequence = (), binary: bool = True, copies: int = 1) -> Path:
     """Write one scene's windows (and its queries) under ``folder/scene``; returns that
-    folder."""
+    folder. ``copies`` > 1 writes every point that many times with 2 cm of noise, as a denser
+    scanner would see the scene (for measuring builds of large clouds)."""
     import plyfile
 
     from ..atomic import atomic_write, write_text
@@ -59,6 +61,11 @@ def write_scene_ply(folder, scene: str, objects: Sequence[SceneObject], trajecto
     root = Path(folder) / scene
     (root / "static").mkdir(parents=True, exist_ok=True)
     rows = scene_points(objects)
+    if copies > 1:
+        rng = np.random.default_rng(0)
+        rows = np.repeat(rows, copies)
+        for axis in "xyz":
+            rows[axis] += rng.normal(0.0, COPY_NOISE_M, len(rows)).astype(np.float32)
     samples = max(int(WINDOW_M), 1)  # the drive has one sample per metre
     _, nearest = cKDTree(trajectory[:, :2]).query(np.stack([rows["x"], rows["y"]], 1))
     window = nearest // samples

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -57,7 +57,8 @@ PRESETS = {
 }
 
 
-def build_scene(scene: str, preset: str, seed: int, progress_queue=None, ply_dir=None):
+def build_scene(scene: str, preset: str, seed: int, progress_queue=None, ply_dir=None,
+                ply_copies: int = 1):
     """Generate one scene: (cells, poses, timing dict); with ``ply_dir``, also write the scene as
     KITTI-360-style labelled PLY windows and its queries (:mod:`.scene_ply`)."""
     from .cells import (SceneIndex, close_locations, grid_cell_centers, make_cells,
@@ -84,7 +85,8 @@ def build_scene(scene: str, preset: str, seed: int, progress_queue=None, ply_dir
     if ply_dir is not None:
         from .scene_ply import write_scene_ply
 
-        write_scene_ply(ply_dir, scene, city.objects, city.trajectory, poses)
+        write_scene_ply(ply_dir, scene, city.objects, city.trajectory, poses,
+                        copies=ply_copies)
     timing = {"city_s": t1 - t0, "cells_s": time.perf_counter() - t1, "objects": len(city.objects)}
     return cells, poses, timing
 
@@ -96,16 +98,17 @@ def _work_units(scene: str, preset: str) -> int:
 
 
 def _run_one(args):
-    scene, preset, seed, out, queue, ply_dir = args
+    scene, preset, seed, out, queue, ply_dir, ply_copies = args
     from .kitti360pose import write_scene
 
-    cells, poses, timing = build_scene(scene, preset, seed, queue, ply_dir)
+    cells, poses, timing = build_scene(scene, preset, seed, queue, ply_dir, ply_copies)
     write_scene(out, scene, cells, poses)
     return scene, len(cells), len(poses), timing
 
 
 def synthesize(preset: str, seed: int, out, workers: Optional[int] = None,
-               progress: bool = True, ply_dir=None) -> dict:
+               progress: bool = True, ply_dir=None, ply_copies: int = 1,
+               scenes: Optional[Sequence[str]] = None) -> dict:
     """Write the preset's dataset to ``out`` (a KITTI360Pose folder) and return a summary;
     ``ply_dir`` also gets each scene as labelled PLY windows (:mod:`.scene_ply`)."""
     from tqdm import tqdm
@@ -114,7 +117,10 @@ def synthesize(preset: str, seed: int, out, workers: Optional[int] = None,
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    scenes = sorted(C.ALL_SCENES, key=lambda s: -PRESETS[preset].drive_m[C.scene_short_name(s)])
+    from .kitti360pose import resolve_scene
+
+    chosen = [resolve_scene(s, C.ALL_SCENES) for s in scenes] if scenes else C.ALL_SCENES
+    scenes = sorted(chosen, key=lambda s: -PRESETS[preset].drive_m[C.scene_short_name(s)])
     workers = workers or min(len(scenes), os.cpu_count() or 1)
     start = time.perf_counter()
     summary = {"preset": preset, "seed": seed, "out": str(out), "scenes": {}}
@@ -123,8 +129,8 @@ def synthesize(preset: str, seed: int, out, workers: Optional[int] = None,
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         queue = manager.Queue()
-        jobs = [(s, preset, seed, str(out), queue, None if ply_dir is None else str(ply_dir))
-                for s in scenes]
+        jobs = [(s, preset, seed, str(out), queue, None if ply_dir is None else str(ply_dir),
+                 ply_copies) for s in scenes]
         with ctx.Pool(workers, initializer=_quiet_worker) as pool:
             pending = pool.imap_unordered(_run_one, jobs)
             done = 0

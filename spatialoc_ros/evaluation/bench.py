@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..errors import SpatialocError
+
 STAGES = ("text", "coarse", "fine", "total")
 
 
@@ -60,6 +62,9 @@ def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
     out["device"] = str(loc.device)
     rng = np.random.default_rng(seed)
     poses = loc.map.poses
+    if not poses:
+        raise SpatialocError(f"{map_dir}: the map records no descriptions to time (bench uses a "
+                             "KITTI360Pose folder's own queries)")
     picked = [poses[i] for i in rng.choice(len(poses), min(queries, len(poses)), replace=False)]
     texts = [p.text for p in picked]
     loc.localize(texts[0])  # first call pays one-time allocations

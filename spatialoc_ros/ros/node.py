@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from dataclasses import replace
 from typing import Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -48,7 +49,7 @@ from spatialoc_ros.msg import LocalizationResult
 from .declarations import declare_parameters, read_settings
 from .diagnostics import QueryStats, localizer_diagnostics
 from .map_cloud import map_points
-from .parameters import Settings
+from .parameters import PARAMETERS_BY_NAME, Settings
 from .publishing import Answers, one_line
 from .query_buffer import PendingQuery
 from .worker import ModelWorker
@@ -111,6 +112,7 @@ class LocalizerNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load map and weights. SUCCESS -> inactive; FAILURE (one log line) -> unconfigured."""
+        from ..core.map_source import open_map
         from ..inference import Localizer
 
         start = time.monotonic()
@@ -119,7 +121,9 @@ class LocalizerNode(LifecycleNode):
             self.get_logger().info(f"loading map {settings.map_path} "
                                    f"({', '.join(settings.scenes) or 'all scenes'}) with weights "
                                    f"{settings.weights_dir} on device {settings.device}")
-            localizer = Localizer(settings.map_path, settings.weights_dir,
+            source = open_map(settings.map_path, settings.scenes or None, settings.frame_id)
+            settings = self._map_frame(settings, source)
+            localizer = Localizer(source, settings.weights_dir,
                                   scenes=settings.scenes or None, device=settings.device,
                                   cache=settings.cache_dir or None, top_k=settings.top_k,
                                   max_chars=settings.max_query_chars,
@@ -148,6 +152,17 @@ class LocalizerNode(LifecycleNode):
                                f"{localizer.num_cells} cells, device {localizer.device}, "
                                f"top_k {settings.top_k}")
         return super().on_configure(state)
+
+    def _map_frame(self, settings: Settings, source) -> Settings:
+        """A built map publishes in the frame it was built for; the parameter names the frame
+        of maps that carry none (KITTI360Pose folders)."""
+        if source.frame_id == settings.frame_id:
+            return settings
+        if settings.frame_id != PARAMETERS_BY_NAME["frame_id"].default:
+            self.get_logger().warning(f"frame_id {settings.frame_id!r} is ignored: the map "
+                                      f"{settings.map_path} was built in frame "
+                                      f"{source.frame_id!r}")
+        return replace(settings, frame_id=source.frame_id)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Enable the publishers, publish the map cloud, answer queries. -> active."""

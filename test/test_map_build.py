@@ -1,0 +1,325 @@
+"""``spatialoc map build``: labelled PLY/PCD clouds written here, cut into map folders.
+
+Every cloud is a real file in ``tmp_path``, written with plyfile, pypcd4 or numpy. The scene
+is hand-made and small: a road plane, a vegetation blob and eight instance objects (a
+building, poles, lamps, a sign, a bin) that every cell holds. Coordinates lie at least 3 cm
+from every multiple of 0.125 m (the voxel and cell borders), so a float32 round trip, a shift
+by 10^7 m or summing in another order moves no point across a border; maps are then compared
+with tolerances that hold in exact arithmetic.
+"""
+import hashlib
+import json
+import logging
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.spatial import cKDTree
+
+from spatialoc_ros import cli
+from spatialoc_ros.data import clouds
+from spatialoc_ros.data import constants as C
+from spatialoc_ros.data import map_build
+from spatialoc_ros.data.map_folder import CELLS_FILE, MAP_FILE, read_map_cells, read_map_meta
+
+VAL_SCENE = "2013_05_28_drive_0010_sync"
+COORD_TOL = 1e-4  # m
+FIELDS = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
+          ("blue", "u1"), ("semantic", "<i4"), ("instance", "<i4")]
+# KITTI-360 ids of the scene's classes, and a label file saying the same for a PCD's fields
+IDS = {"road": 7, "building": 11, "pole": 17, "traffic sign": 20, "vegetation": 21,
+       "lamp": 38, "trash bin": 39}
+PCD_LABELS = {"fields": {"class": "label", "instance": "object", "color": "rgb"},
+              "classes": {v: k for k, v in IDS.items()}}
+
+
+# --------------------------------------------------------------------------- the scene
+
+
+def _grid(lo, hi, step=0.25):
+    """Points of a box on a 0.25 m grid: [n, 3]."""
+    axes = [np.arange(a, b, step) for a, b in zip(lo, hi)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+
+def _shell(lo, hi):
+    """The walls of a box (no roof, no floor) on a 0.25 m grid."""
+    p = _grid(lo, hi)
+    lo, hi = np.asarray(lo), np.asarray(hi) - 0.25
+    wall = (np.isclose(p[:, 0], lo[0]) | np.isclose(p[:, 0], hi[0])
+            | np.isclose(p[:, 1], lo[1]) | np.isclose(p[:, 1], hi[1]))
+    return p[wall]
+
+
+def scene_objects():
+    """(label, instance id, points on a 0.25 m grid) of the hand-made scene, in metres."""
+    column = np.stack([np.zeros(40), np.zeros(40), np.arange(40) * 0.25], 1)
+    objects = [("road", 7000, _grid((0, 0, 0), (30, 30, 0.25))),
+               ("vegetation", 21000, _grid((22, 22, 0.5), (26, 26, 2.5))),
+               ("building", 11001, _shell((11, 15, 0), (15, 19, 6)))]
+    for k, (x, y) in enumerate([(11, 11), (19, 11), (19, 19)], 1):
+        objects.append(("pole", 17000 + k, column + (x, y, 0)))
+    for k, (x, y) in enumerate([(16, 12), (12, 13)], 1):
+        objects.append(("lamp", 38000 + k, column[:30] + (x, y, 0)))
+    objects.append(("traffic sign", 20001, _grid((17, 17, 2), (18, 17.5, 3.5))))
+    objects.append(("trash bin", 39001, _grid((13, 11, 0), (14, 12, 1))))
+    return objects
+
+
+def scene_rows(seed=0, shift=0.0, dtype="<f4", extra=()):
+    """The scene as PLY-style records; ``extra``: more (label id, instance, points)."""
+    rng = np.random.default_rng(seed)
+    parts = [(IDS[label], inst, p) for label, inst, p in scene_objects()] + list(extra)
+    fields = [(n, dtype if n in "xyz" else t) for n, t in FIELDS]
+    rows = np.zeros(sum(len(p) for *_, p in parts), fields)
+    at = 0
+    for sem, inst, p in parts:
+        part = rows[at:at + len(p)]
+        # 1/16 m off the grid, +-3 cm of noise: 3 cm or more from every multiple of 1/8 m
+        xyz = p + 0.0625 + rng.uniform(-0.03, 0.03, p.shape)
+        for i, axis in enumerate("xyz"):
+            part[axis] = xyz[:, i] + shift
+        colour = rng.integers(20, 230, 3)
+        rgb = np.clip(colour + rng.integers(-20, 21, (len(p), 3)), 0, 255)
+        part["red"], part["green"], part["blue"] = rgb.T
+        part["semantic"], part["instance"] = sem, inst
+        at += len(p)
+    return rows
+
+
+def write_ply(path, rows, binary=True):
+    import plyfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plyfile.PlyData([plyfile.PlyElement.describe(rows, "vertex")], text=not binary).write(path)
+    return path
+
+
+def packed_rgb(rows):
+    return ((rows["red"].astype(np.uint32) << 16) | (rows["green"].astype(np.uint32) << 8)
+            | rows["blue"].astype(np.uint32))
+
+
+def write_pcd(path, rows, encoding="binary"):
+    """Fields x y z rgb label object; rgb packed into a float (as PCL does). ASCII is written
+    as PCL writes it: the packed rgb as its unsigned integer, coordinates exactly."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = packed_rgb(rows)
+    if encoding == "ascii":
+        header = ("# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\n"
+                  "FIELDS x y z rgb label object\nSIZE 4 4 4 4 4 4\nTYPE F F F F I I\n"
+                  f"COUNT 1 1 1 1 1 1\nWIDTH {len(rows)}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\n"
+                  f"POINTS {len(rows)}\nDATA ascii\n")
+        table = np.zeros((len(rows), 6), dtype=object)
+        for i, axis in enumerate("xyz"):
+            table[:, i] = rows[axis].astype(np.float64)
+        table[:, 3], table[:, 4], table[:, 5] = rgb, rows["semantic"], rows["instance"]
+        with open(path, "w") as f:
+            f.write(header)
+            np.savetxt(f, table, fmt=["%.17g"] * 3 + ["%d"] * 3)
+        return path
+    from pypcd4 import Encoding, PointCloud
+
+    cloud = PointCloud.from_points(
+        [rows["x"], rows["y"], rows["z"], rgb.view(np.float32), rows["semantic"],
+         rows["instance"]],
+        ("x", "y", "z", "rgb", "label", "object"),
+        (np.float32, np.float32, np.float32, np.float32, np.int32, np.int32))
+    cloud.save(path, encoding=Encoding(encoding))
+    return path
+
+
+def label_file(path, doc):
+    path = Path(path)
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return path
+
+
+# --------------------------------------------------------------------------- building, comparing
+
+
+def build(inputs, out, **kwargs):
+    kwargs.setdefault("progress", False)
+    inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    return map_build.build_map([str(i) for i in inputs], out, **kwargs)
+
+
+def run(capsys, *argv):
+    """``main(argv)`` -> (status, stdout, stderr)."""
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _object_key(o):
+    return (o.label, o.instance_id, len(o.xyz), tuple(np.round(o.xyz.mean(0), 3)))
+
+
+def assert_same_map(a, b, shift=(0.0, 0.0, 0.0), ordered=False, colours=True):
+    """Maps ``a`` and ``b`` hold the same cells (``b``'s moved by ``shift``): ids, boxes,
+    objects (label, instance, point count) and points within COORD_TOL metres."""
+    ca, cb = read_map_cells(a, "map"), read_map_cells(b, "map")
+    assert [c.id for c in ca] == [c.id for c in cb]
+    assert ca, "no cells"
+    shift = np.concatenate([shift, shift])
+    for x, y in zip(ca, cb):
+        np.testing.assert_allclose(y.bbox_w, x.bbox_w + shift, rtol=0, atol=1e-6)
+        ox, oy = list(x.objects), list(y.objects)
+        if not ordered:
+            ox, oy = sorted(ox, key=_object_key), sorted(oy, key=_object_key)
+        assert ([(o.label, o.instance_id, len(o.xyz)) for o in ox]
+                == [(o.label, o.instance_id, len(o.xyz)) for o in oy]), x.id
+        for p, q in zip(ox, oy):
+            # cell-normalised points (float32) -> metres; the same set of points
+            pm, qm = p.xyz * x.cell_size, q.xyz * y.cell_size
+            d, nearest = cKDTree(pm).query(qm)
+            assert d.max() <= COORD_TOL, (x.id, p.label, d.max())
+            assert len(np.unique(nearest)) == len(qm)
+            if colours:
+                np.testing.assert_allclose(q.rgb, p.rgb[nearest], rtol=0, atol=1e-6)
+    return ca
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return scene_rows()
+
+
+@pytest.fixture(scope="module")
+def reference(rows, tmp_path_factory):
+    """The scene as one binary PLY and the map built from it."""
+    root = tmp_path_factory.mktemp("reference")
+    ply = write_ply(root / "scene.ply", rows)
+    meta = build(ply, root / "map")
+    return root / "map", ply, meta
+
+
+# --------------------------------------------------------------------------- 1. formats
+
+
+def test_the_reference_map_has_the_scene_in_every_cell(reference, rows):
+    folder, ply, meta = reference
+    cells = read_map_cells(folder, "map")
+    assert len(cells) == meta["counts"]["cells"] == 9
+    for cell in cells:
+        labels = [o.label for o in cell.objects]
+        assert {"building", "pole", "lamp", "traffic sign", "trash bin"} <= set(labels)
+        assert labels.count("pole") == 3 and "road" in labels
+        assert all(o.rgb.min() >= 0 and o.rgb.max() <= 1 for o in cell.objects)
+    assert meta["counts"]["points"] == len(rows)
+    assert meta["counts"]["objects"] == len(scene_objects())
+
+
+@pytest.mark.parametrize("kind", ["ascii.ply", "binary.pcd", "ascii.pcd",
+                                  "binary_compressed.pcd"])
+def test_every_format_of_the_same_points_gives_the_same_map(kind, reference, rows, tmp_path):
+    encoding, suffix = kind.split(".")
+    if suffix == "ply":
+        cloud, labels = write_ply(tmp_path / "scene.ply", rows, binary=False), "kitti360"
+    else:
+        cloud = write_pcd(tmp_path / "scene.pcd", rows, encoding)
+        labels = str(label_file(tmp_path / "labels.yaml", PCD_LABELS))
+    meta = build(cloud, tmp_path / "map", labels=labels)
+    assert_same_map(reference[0], tmp_path / "map", ordered=True)
+    assert meta["counts"]["points"] == len(rows)
+    assert meta["labels"]["source"] == labels
+
+
+# --------------------------------------------------------------------------- 2. windows, chunks
+
+
+def test_windows_of_one_cloud_give_the_map_of_the_whole(reference, rows, tmp_path):
+    # by x: the road, the building and the vegetation straddle the files
+    by_x = [rows[(rows["x"] >= lo) & (rows["x"] < hi)] for lo, hi in ((-1, 8), (8, 13), (13, 99))]
+    files = [write_ply(tmp_path / "x" / f"{k:02d}.ply", part) for k, part in enumerate(by_x)]
+    assert sum(len(p) for p in by_x) == len(rows)
+    build(tmp_path / "x", tmp_path / "map_x")
+    assert_same_map(reference[0], tmp_path / "map_x")
+    # interleaved, in another order, PLY and PCD mixed: every object in every file
+    labels = label_file(tmp_path / "labels.yaml", dict(PCD_LABELS, fields={
+        "class": "semantic", "instance": "instance"}))
+    parts = [rows[k::3] for k in range(3)][::-1]
+    files = [write_ply(tmp_path / "mixed" / "a.ply", parts[0]),
+             write_ply(tmp_path / "mixed" / "b.ply", parts[1], binary=False),
+             write_ply(tmp_path / "mixed" / "c.ply", parts[2])]
+    meta = build(files, tmp_path / "map_mixed", labels=str(labels))
+    assert [s["points"] for s in meta["sources"]] == [len(p) for p in parts]
+    assert_same_map(reference[0], tmp_path / "map_mixed")
+
+
+def test_chunk_size_and_voxel_compaction_do_not_change_the_map(reference, monkeypatch,
+                                                                tmp_path):
+    monkeypatch.setattr(clouds, "CHUNK_POINTS", 997)
+    monkeypatch.setattr(map_build, "_COMPACT_ROWS", 300)
+    seen = []
+    chunks = clouds.CloudFile.chunks
+
+    def spy(self, *args, **kwargs):
+        for chunk in chunks(self, *args, **kwargs):
+            seen.append(len(chunk.xyz))
+            yield chunk
+
+    monkeypatch.setattr(clouds.CloudFile, "chunks", spy)
+    build(reference[1], tmp_path / "map")
+    assert len(seen) > 5 and max(seen) <= 997
+    assert_same_map(reference[0], tmp_path / "map")
+
+
+# --------------------------------------------------------------------------- 3. origin, metadata
+
+
+def test_origin_moves_every_cell_and_is_recorded(reference, tmp_path, capsys):
+    origin = (3.3, -1234.7, 0.45)
+    status, out, err = run(capsys, "map", "build", reference[1], "--out", tmp_path / "map",
+                           "--origin", *origin, "--frame-id", "site", "--name", "depot",
+                           "--json", "--quiet")
+    assert status == 0, err
+    printed = json.loads(out)
+    meta = read_map_meta(tmp_path / "map")
+    assert printed["origin"] == meta["origin"] == list(origin)
+    assert meta["frame_id"] == "site" and meta["name"] == "depot"
+    cells = read_map_cells(tmp_path / "map", "depot")
+    ref = read_map_cells(reference[0], "map")
+    assert [c.id.split("_")[1] for c in cells] == [c.id.split("_")[1] for c in ref]
+    for a, b in zip(ref, cells):
+        np.testing.assert_allclose(b.bbox_w, a.bbox_w + np.tile(origin, 2), rtol=0, atol=1e-9)
+        assert [(o.label, o.instance_id, len(o.xyz)) for o in a.objects] == \
+            [(o.label, o.instance_id, len(o.xyz)) for o in b.objects]
+        for p, q in zip(a.objects, b.objects):
+            np.testing.assert_allclose(q.xyz * 30, p.xyz * 30, rtol=0, atol=COORD_TOL)
+    # what the map was built from
+    digest = hashlib.sha256(Path(reference[1]).read_bytes()).hexdigest()
+    assert meta["sources"] == [{"path": str(reference[1]), "sha256": digest,
+                                "points": meta["counts"]["points"]}]
+    assert meta["labels"]["source"] == "kitti360"
+    assert meta["labels"]["class_field"] == "semantic"
+    assert meta["labels"]["classes"]["11"] == "building"
+    assert "road" in meta["labels"]["stuff"] and "pole" not in meta["labels"]["stuff"]
+    counts = meta["counts"]
+    assert counts["cells"] == len(cells) and counts["non_finite_dropped"] == 0
+    assert counts["objects_by_class"]["pole"] == 3 and counts["unlisted_points"] == 0
+    assert meta["cells_file"]["sha256"] == hashlib.sha256(
+        (tmp_path / "map" / CELLS_FILE).read_bytes()).hexdigest()
+
+
+def test_a_double_cloud_far_from_zero_gives_the_same_cells_shifted(reference, tmp_path, caplog):
+    shift = 1e7
+    far = scene_rows(shift=shift, dtype="<f8")
+    with caplog.at_level(logging.WARNING, logger="spatialoc_ros"):
+        build(write_ply(tmp_path / "far.ply", far), tmp_path / "map")
+    assert not [r for r in caplog.records if "float32" in r.getMessage()]
+    assert_same_map(reference[0], tmp_path / "map", shift=(shift, shift, shift))
+
+
+def test_a_float32_cloud_far_from_zero_warns_about_precision(tmp_path, caplog):
+    far = scene_rows(shift=1e7)
+    ply = write_ply(tmp_path / "far32.ply", far)
+    with caplog.at_level(logging.WARNING, logger="spatialoc_ros"):
+        build(ply, tmp_path / "map")
+    warned = [r.getMessage() for r in caplog.records if "float32" in r.getMessage()]
+    assert len(warned) == 1 and str(ply) in warned[0] and "1.00 m apart" in warned[0]
