@@ -243,7 +243,7 @@ def test_windows_of_one_cloud_give_the_map_of_the_whole(reference, rows, tmp_pat
     # interleaved, in another order, PLY and PCD mixed: every object in every file
     labels = label_file(tmp_path / "labels.yaml", dict(PCD_LABELS, fields={
         "class": "semantic", "instance": "instance"}))
-    parts = [rows[k::3] for k in range(3)][::-1]
+    parts = [np.ascontiguousarray(rows[k::3]) for k in range(3)][::-1]
     files = [write_ply(tmp_path / "mixed" / "a.ply", parts[0]),
              write_ply(tmp_path / "mixed" / "b.ply", parts[1], binary=False),
              write_ply(tmp_path / "mixed" / "c.ply", parts[2])]
@@ -323,3 +323,69 @@ def test_a_float32_cloud_far_from_zero_warns_about_precision(tmp_path, caplog):
         build(ply, tmp_path / "map")
     warned = [r.getMessage() for r in caplog.records if "float32" in r.getMessage()]
     assert len(warned) == 1 and str(ply) in warned[0] and "1.00 m apart" in warned[0]
+
+
+# --------------------------------------------------------------------------- 4. serving a built map
+
+
+@pytest.fixture(scope="module")
+def synth_scene(tmp_path_factory):
+    """The tiny preset's validation scene as KITTI-360 PLY windows (the scene of tiny_dataset
+    and tiny_weights), its benchmark cells and its queries."""
+    from spatialoc_ros.data.synth import build_scene
+
+    root = tmp_path_factory.mktemp("synth")
+    cells, _, _ = build_scene(VAL_SCENE, "tiny", 0, ply_dir=root)
+    return root / VAL_SCENE, cells
+
+
+def test_a_built_map_serves_in_its_own_coordinates(synth_scene, tiny_weights, tmp_path, capsys):
+    from spatialoc_ros.core.map_source import BuiltMap, open_map
+    from spatialoc_ros.inference import Localizer
+
+    scene, bench_cells = synth_scene
+    origin = np.array([5000.0, -3000.0, 12.5])
+    reports = {}
+    for shift in (np.zeros(3), origin):
+        out = tmp_path / f"map_{int(shift[0])}"
+        status, _, err = run(capsys, "map", "build", scene, "--out", out, "--trajectory",
+                             scene / "poses.txt", "--origin", *shift, "--frame-id", "site",
+                             "--quiet")
+        assert status == 0, err
+        source = open_map(out)
+        assert isinstance(source, BuiltMap) and source.frame_id == "site"
+        # the benchmark's cells along the drive: the same centres, moved by the origin
+        assert [c.id.split("_")[1] for c in source.cells] == \
+            [c.id.split("_")[1] for c in bench_cells]
+        for built, bench in zip(source.cells, bench_cells):
+            np.testing.assert_allclose(built.bbox_w, bench.bbox_w + np.tile(shift, 2),
+                                       rtol=0, atol=1e-4)
+        # queries in the map's coordinates: the scene's own, moved by the origin
+        lines = (scene / "queries.jsonl").read_text().splitlines()[:24]
+        queries = tmp_path / f"queries_{int(shift[0])}.jsonl"
+        queries.write_text("".join(json.dumps({"text": d["text"], "pose_w": (
+            np.array(d["pose_w"]) + shift).tolist()}) + "\n" for d in map(json.loads, lines)))
+        status, out_text, err = run(capsys, "eval", "--map", out, "--queries", queries,
+                                    "--weights", tiny_weights, "--json", "--quiet",
+                                    "--device", "cpu", "--cache", tmp_path / "cache")
+        assert status == 0, err
+        reports[shift[0]] = json.loads(out_text)
+    report = reports[origin[0]]
+    assert {"localization_recall", "published_recall", "calibration"} <= set(report)
+    assert "retrieval_recall" not in report and report["frame_id"] == "site"
+    assert report["num_queries"] == 24
+    # the same answers, wherever the map is put
+    assert report["localization_recall"] == reports[0.0]["localization_recall"]
+    assert report["top1_error_m"]["median"] == pytest.approx(
+        reports[0.0]["top1_error_m"]["median"], abs=1e-3)
+
+    loc = Localizer(tmp_path / "map_5000", tiny_weights, device="cpu", cache=tmp_path / "cache")
+    answer = loc.localize(json.loads(lines[0])["text"])
+    boxes = np.stack([c.bbox_w for c in loc.cells])
+    assert answer.hypotheses
+    for h in answer.hypotheses:
+        box = loc.map.cells_by_id[h.cell_id].bbox_w
+        assert np.all(h.position[:2] >= box[:2] - 15) and np.all(h.position[:2] <= box[3:5] + 15)
+    best = answer.best.position
+    assert boxes[:, 0].min() - 15 <= best[0] <= boxes[:, 3].max() + 15
+    assert boxes[:, 1].min() - 15 <= best[1] <= boxes[:, 4].max() + 15

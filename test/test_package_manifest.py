@@ -107,6 +107,11 @@ def test_venv_build_is_interfaces_only():
 def test_workspace_install_has_its_folders():
     for folder in ("launch", "config", "models"):
         assert (REPO / folder).is_dir(), f"CMakeLists.txt installs {folder}/"
+    # The launch file finds these in share/spatialoc_ros (install(DIRECTORY launch config ...)).
+    installed = re.search(r"install\(DIRECTORY ([^)]*?)\s+DESTINATION share/\$\{PROJECT_NAME\}",
+                          CMAKE).group(1).split()
+    for path in ("launch/localize.launch.py", "config/localize.yaml", "config/spatialoc.rviz"):
+        assert (REPO / path).is_file() and path.split("/")[0] in installed, path
 
 
 def test_setup_py_matches_package_xml():

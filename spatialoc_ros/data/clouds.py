@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+import struct
+
 import numpy as np
 
 from ..errors import DataError
@@ -128,7 +130,8 @@ def _ply_check(path: Path) -> int:
     return vertex[1]
 
 
-def _pcd_check(path: Path) -> int:
+def _pcd_check(path: Path) -> Tuple[int, str]:
+    """Point count and DATA kind of a PCD after checking the file can hold them."""
     lines, offset = _read_header(path)
     header = {ln.split()[0].upper(): ln.split()[1:] for ln in lines if not ln.startswith("#")}
     try:
@@ -145,7 +148,17 @@ def _pcd_check(path: Path) -> int:
     if points < 0 or needed > available:
         raise DataError(f"{path}: header claims {points:,} points but the file holds at most "
                         f"{available:,} bytes of data (truncated file or wrong header)")
-    return points
+    if data == "binary_compressed" and points > 0:
+        # the sizes pypcd4 allocates by: the data's own, which the header must agree with
+        with open(path, "rb") as f:
+            f.seek(offset)
+            sizes = f.read(8)
+        packed, unpacked = struct.unpack("<II", sizes) if len(sizes) == 8 else (-1, -1)
+        if unpacked != row * points or not 0 <= packed <= available - 8:
+            raise DataError(f"{path}: compressed data of {unpacked:,} bytes ({packed:,} "
+                            f"stored) do not hold the header's {points:,} points of {row} "
+                            "bytes (truncated file or wrong header)")
+    return points, data
 
 
 class CloudFile:
@@ -153,13 +166,15 @@ class CloudFile:
 
     def __init__(self, path):
         self.path = Path(path)
+        self._text = False  # an ASCII PCD: values were read as text (see _colors)
         suffix = self.path.suffix.lower()
         if suffix == ".ply":
             self.num_points = _ply_check(self.path)
             self._data = self._open_ply()
         elif suffix == ".pcd":
-            self.num_points = _pcd_check(self.path)
-            self._data = self._open_pcd()
+            self.num_points, encoding = _pcd_check(self.path)
+            self._text = encoding == "ascii"
+            self._data = self._read_pcd_text() if self._text else self._open_pcd()
         else:
             raise DataError(f"{self.path}: not a .ply or .pcd file")
         self.fields: Tuple[str, ...] = tuple(self._data.dtype.names or ())
@@ -182,6 +197,27 @@ class CloudFile:
         except Exception as exc:  # pypcd4 raises several kinds on bad data
             raise DataError(f"{self.path}: unreadable PCD ({type(exc).__name__}: "
                             f"{' '.join(str(exc).split())})") from None
+
+    def _read_pcd_text(self):
+        """An ASCII PCD with float fields as float64: PCL writes a packed ``rgb`` there as its
+        unsigned integer, which pypcd4's float32 reading would round."""
+        from pypcd4 import MetaData
+
+        lines, offset = _read_header(self.path)
+        try:
+            dtype = MetaData.parse_header(lines).build_dtype()
+            wide = np.dtype([(n, np.float64 if dtype[n].kind == "f" else dtype[n])
+                             for n in dtype.names])
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                data = np.loadtxt(f, dtype=wide, ndmin=1)
+        except Exception as exc:  # pydantic's and numpy's errors
+            raise DataError(f"{self.path}: unreadable PCD ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())})") from None
+        if len(data) != self.num_points:
+            raise DataError(f"{self.path}: header claims {self.num_points:,} points but the "
+                            f"file holds {len(data):,} (truncated file or wrong header)")
+        return data
 
     def _field(self, rows, name: str) -> np.ndarray:
         return np.asarray(rows[name])
@@ -227,17 +263,29 @@ class CloudFile:
             instance = (np.asarray(rows_kept[labels.instance_field]).astype(np.int64)
                         if labels.instance_field in self.fields
                         else np.zeros(int(keep.sum()), np.int64))
-            yield CloudChunk(xyz[keep], _colors(rows_kept, labels.color_fields), cls[keep],
-                             instance)
+            yield CloudChunk(xyz[keep], _colors(rows_kept, labels.color_fields, self._text),
+                             cls[keep], instance)
 
 
-def _colors(rows, names: Tuple[str, ...]) -> np.ndarray:
-    """Colours in [0, 1] from three channels (integers 0-255, or floats) or one packed field."""
+def _packed_bits(values: np.ndarray, text: bool) -> np.ndarray:
+    """The 0x00RRGGBB bits of a packed colour field. A float field holds them as a float32's
+    bits (PCL, in binary files); in an ASCII file PCL writes the unsigned integer instead,
+    while others write the float, whose value is then below 1."""
+    if values.dtype.kind != "f":
+        return values.astype(np.uint32)
+    bits = values.astype("<f4").view("<u4")
+    if text:
+        whole = np.isfinite(values) & ((values >= 1) | (values == 0))
+        number = np.where(whole, values, 0).astype(np.uint64).astype(np.uint32)
+        bits = np.where(whole, number, bits)
+    return bits.astype(np.uint32)
+
+
+def _colors(rows, names: Tuple[str, ...], text: bool = False) -> np.ndarray:
+    """Colours in [0, 1] from three channels (integers 0-255, or floats) or one packed field
+    (``text``: the file was ASCII)."""
     if len(names) == 1:
-        packed = np.asarray(rows[names[0]])
-        if packed.dtype.kind == "f":
-            packed = packed.astype("<f4").view("<u4")
-        packed = packed.astype(np.uint32)
+        packed = _packed_bits(np.asarray(rows[names[0]]), text)
         rgb = np.stack([(packed >> s) & 0xFF for s in (16, 8, 0)], axis=1).astype(np.float32)
         return rgb / 255.0
     rgb = np.stack([np.asarray(rows[n], dtype=np.float32) for n in names], axis=1)
