@@ -12,11 +12,12 @@ appear under the namespace:
 
 ``rviz:=true`` also starts RViz2 with ``rviz_config`` (default: the installed
 config/spatialoc.rviz: the map cloud, the markers and the pose with its
-covariance in Fixed Frame ``map``; a map built in another frame publishes in
-that one, so set RViz's Fixed Frame to it). Its topics are those of the default
+covariance in Fixed Frame ``map``; for a map built in another frame, given as
+``map:=``, RViz starts with that frame as its Fixed Frame). Its topics are those of the default
 namespace; with another ``namespace`` they are remapped to it. Where RViz2 is
 not installed, one line says so and the node starts alone.
 """
+import json
 import os
 
 from ament_index_python.packages import (PackageNotFoundError, get_package_prefix,
@@ -74,6 +75,16 @@ def rviz_installed():
     return True
 
 
+def built_map_frame(map_dir):
+    """The frame a map built by 'spatialoc map build' publishes in (its map.json), else None."""
+    try:
+        with open(os.path.join(map_dir, "map.json")) as f:
+            frame = json.load(f).get("frame_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return frame if isinstance(frame, str) and frame else None
+
+
 def rviz_node(context, *args, **kwargs):
     """With rviz:=true, RViz2 showing the node's topics; a log line where it is not installed."""
     def value(name):
@@ -87,11 +98,12 @@ def rviz_node(context, *args, **kwargs):
     namespace = value("namespace")
     remappings = [(topic(DEFAULT_NAMESPACE, t), topic(namespace, t)) for t in RVIZ_TOPICS
                   if topic(DEFAULT_NAMESPACE, t) != topic(namespace, t)]
+    frame = built_map_frame(value("map"))
     return [Node(
         package=RVIZ_PACKAGE,
         executable="rviz2",
         name="rviz2",
-        arguments=["-d", value("rviz_config")],
+        arguments=["-d", value("rviz_config")] + (["-f", frame] if frame else []),
         parameters=[{"use_sim_time": is_true(value("use_sim_time"))}],
         remappings=remappings,
         output="screen",

@@ -6,6 +6,7 @@ The launch file is loaded against minimal stand-ins of the ``launch`` /
 ROS launch), so these tests pin what it declares and starts, not launch itself.
 """
 import ast
+import json
 import importlib.util
 import re
 import runpy
@@ -252,6 +253,15 @@ def test_rviz_starts_rviz2_with_the_installed_config(launch_description, launch_
         f"/spatialoc/{t}": f"/robot1/spatialoc/{t}" for t in launch_module.RVIZ_TOPICS}
 
     assert of_kind(run_launch(launch_description, rviz="false"), "Node") == []
+
+
+def test_rviz_takes_the_fixed_frame_of_a_built_map(launch_description, monkeypatch, tmp_path):
+    monkeypatch.setitem(PREFIXES, "rviz2", "/opt/ros/jazzy")
+    (tmp_path / "map.json").write_text(json.dumps({"frame_id": "odom"}))
+    (rviz,) = of_kind(run_launch(launch_description, rviz="true", map=str(tmp_path)), "Node")
+    assert rviz.kwargs["arguments"][-2:] == ["-f", "odom"]
+    (rviz,) = of_kind(run_launch(launch_description, rviz="true", map="/no/such/map"), "Node")
+    assert "-f" not in rviz.kwargs["arguments"], "a KITTI360Pose folder: the config's frame"
 
 
 def node_publishers():

@@ -268,6 +268,7 @@ def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         write_map_folder(tmp, cells, meta)
+        _readable(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -276,6 +277,16 @@ def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str
             shutil.rmtree(tmp, ignore_errors=True)
     meta["seconds"]["total"] = time.perf_counter() - t0
     return meta
+
+
+def _readable(folder: Path) -> None:
+    """Folder and files with the permissions of a normally created folder (the temporary
+    folder is private to its owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
 
 
 def _warn_dropped(counts: ReadCounts, mapping: LabelMap) -> None:
