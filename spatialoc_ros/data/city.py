@@ -42,6 +42,7 @@ from .streets import Street, drive, polyline, street_graph
 # Wide ground classes keep one lattice point in two (a checkerboard, 0.57 m apart), which
 # DBSCAN (eps 0.75 m, 5 points) still sees as one connected surface.
 THINNED = ("road", "parking", "terrain", "vegetation", "bridge")
+WINDOW_M = 250.0  # m of drive per map chunk (window), as KITTI-360 ships its point clouds
 REACH = 47.0  # m; ground is generated this far from the drive (cells reach 45 m)
 
 # Class -> {colour index in COLOR_NAMES: weight}. Mostly grey, as in the real scans.
@@ -406,12 +407,25 @@ def _ground(rng, builder, streets, traj_tree, footprints):
                     noise=0.04)
 
 
+def drive_windows(objects: List[SceneObject], trajectory: np.ndarray) -> List[int]:
+    """Per object, the map chunk ("window") of the drive it belongs to: the 250 m stretch of
+    drive whose sample is nearest to the object's mean position."""
+    arclen = np.concatenate([[0], np.cumsum(np.linalg.norm(np.diff(trajectory, axis=0), axis=1))])
+    tree = cKDTree(trajectory[:, :2])
+    return [int(arclen[tree.query(o.xyz[:, :2].mean(0))[1]] // WINDOW_M) for o in objects]
+
+
+def window_samples(trajectory: np.ndarray, window: int) -> Tuple[int, int]:
+    """First and last drive sample of a window."""
+    arclen = np.concatenate([[0], np.cumsum(np.linalg.norm(np.diff(trajectory, axis=0), axis=1))])
+    inside = np.flatnonzero(arclen // WINDOW_M == window)
+    return int(inside[0]), int(inside[-1])
+
+
 def _scene_order(objects: List[SceneObject], trajectory: np.ndarray) -> List[SceneObject]:
     """Order as the original generator meets objects: by map chunk along the drive, then class
     order."""
-    arclen = np.concatenate([[0], np.cumsum(np.linalg.norm(np.diff(trajectory, axis=0), axis=1))])
-    tree = cKDTree(trajectory[:, :2])
-    chunk = [int(arclen[tree.query(o.xyz[:, :2].mean(0))[1]] // 250.0) for o in objects]
+    chunk = drive_windows(objects, trajectory)
     cls = [C.CLASS_TO_INDEX[o.label] for o in objects]
     order = sorted(range(len(objects)), key=lambda i: (chunk[i], cls[i], objects[i].instance_id))
     return [objects[i] for i in order]

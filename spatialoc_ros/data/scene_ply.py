@@ -5,8 +5,9 @@ windows along the drive (as KITTI-360 names its windows by the first and last fr
 with the fields of KITTI-360's files: ``float x y z; uchar red green blue; int semantic;
 int instance; uchar visible; float confidence``. ``semantic`` is the KITTI-360 label id of the
 object's class and ``instance`` the scene's own object id (unique per object, stuff included).
-Every point goes to the window of its nearest drive sample, so objects that straddle two
-windows are split between their files, which ``spatialoc map build`` merges again.
+Each object goes whole into the window the generator's scene order gives it
+(:func:`.city.drive_windows`), so reading the windows in order meets the objects in the
+benchmark's own order; the windows' extents overlap where objects reach across.
 ``DIR/<scene>/poses.txt`` holds the drive in the layout of KITTI-360's ``poses.txt`` (for
 ``map build --trajectory``) and ``DIR/<scene>/queries.jsonl`` the scene's descriptions
 (``text``, ``scene``, ``pose_w``) for ``spatialoc eval --map``.
@@ -18,12 +19,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy.spatial import cKDTree
-
 from . import constants as C
 from .cells import SceneObject
+from .city import drive_windows, window_samples
 
-WINDOW_M = 250.0  # metres of drive per window file
 COPY_NOISE_M = 0.02
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
                       ("blue", "u1"), ("semantic", "<i4"), ("instance", "<i4"),
@@ -60,18 +59,16 @@ def write_scene_ply(folder, scene: str, objects: Sequence[SceneObject], trajecto
 
     root = Path(folder) / scene
     (root / "static").mkdir(parents=True, exist_ok=True)
-    rows = scene_points(objects)
-    if copies > 1:
-        rng = np.random.default_rng(0)
-        rows = np.repeat(rows, copies)
-        for axis in "xyz":
-            rows[axis] += rng.normal(0.0, COPY_NOISE_M, len(rows)).astype(np.float32)
-    samples = max(int(WINDOW_M), 1)  # the drive has one sample per metre
-    _, nearest = cKDTree(trajectory[:, :2]).query(np.stack([rows["x"], rows["y"]], 1))
-    window = nearest // samples
-    for w in np.unique(window):
-        first, last = int(w) * samples, min((int(w) + 1) * samples, len(trajectory)) - 1
-        element = plyfile.PlyElement.describe(rows[window == w], "vertex")
+    windows = np.array(drive_windows(objects, trajectory))
+    for w in np.unique(windows):
+        rows = scene_points([o for o, ow in zip(objects, windows) if ow == w])
+        if copies > 1:
+            rng = np.random.default_rng(int(w))
+            rows = np.repeat(rows, copies)
+            for axis in "xyz":
+                rows[axis] += rng.normal(0.0, COPY_NOISE_M, len(rows)).astype(np.float32)
+        first, last = window_samples(trajectory, int(w))
+        element = plyfile.PlyElement.describe(rows, "vertex")
         path = root / "static" / f"{first:010d}_{last:010d}.ply"
         atomic_write(path, lambda tmp, e=element: plyfile.PlyData([e], text=not binary).write(tmp))
     # the drive as KITTI-360's poses.txt: frame number, then a 3x4 pose (here no rotation)
