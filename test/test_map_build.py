@@ -134,6 +134,16 @@ def write_pcd(path, rows, encoding="binary"):
     return path
 
 
+def write_pcd_fields(path, rows):
+    """A binary PCD with the fields of the PLY records (KITTI-360's names)."""
+    from pypcd4 import Encoding, PointCloud
+
+    cloud = PointCloud.from_points([rows[n] for n in rows.dtype.names], rows.dtype.names,
+                                   [rows.dtype[n].type for n in rows.dtype.names])
+    cloud.save(path, encoding=Encoding.BINARY)
+    return path
+
+
 def label_file(path, doc):
     path = Path(path)
     path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
@@ -236,24 +246,53 @@ def test_every_format_of_the_same_points_gives_the_same_map(kind, reference, row
 def test_windows_of_one_cloud_give_the_map_of_the_whole(reference, rows, tmp_path):
     # by x: the road, the building and the vegetation straddle the files
     by_x = [rows[(rows["x"] >= lo) & (rows["x"] < hi)] for lo, hi in ((-1, 8), (8, 13), (13, 99))]
-    files = [write_ply(tmp_path / "x" / f"{k:02d}.ply", part) for k, part in enumerate(by_x)]
+    for k, part in enumerate(by_x):
+        write_ply(tmp_path / "x" / f"{k:02d}.ply", part)
     assert sum(len(p) for p in by_x) == len(rows)
     build(tmp_path / "x", tmp_path / "map_x")
     assert_same_map(reference[0], tmp_path / "map_x")
     # interleaved, in another order, PLY and PCD mixed: every object in every file
-    labels = label_file(tmp_path / "labels.yaml", dict(PCD_LABELS, fields={
-        "class": "semantic", "instance": "instance"}))
     parts = [np.ascontiguousarray(rows[k::3]) for k in range(3)][::-1]
-    files = [write_ply(tmp_path / "mixed" / "a.ply", parts[0]),
-             write_ply(tmp_path / "mixed" / "b.ply", parts[1], binary=False),
-             write_ply(tmp_path / "mixed" / "c.ply", parts[2])]
-    meta = build(files, tmp_path / "map_mixed", labels=str(labels))
+    files = [write_ply(tmp_path / "mixed" / "c.ply", parts[0]),
+             write_pcd_fields(tmp_path / "mixed" / "b.pcd", parts[1]),
+             write_ply(tmp_path / "mixed" / "a.ply", parts[2], binary=False)]
+    meta = build(files, tmp_path / "map_mixed")
     assert [s["points"] for s in meta["sources"]] == [len(p) for p in parts]
     assert_same_map(reference[0], tmp_path / "map_mixed")
 
 
-def test_chunk_size_and_voxel_compaction_do_not_change_the_map(reference, monkeypatch,
-                                                                tmp_path):
+def test_a_file_named_twice_is_read_once(reference, tmp_path):
+    folder = reference[1].parent
+    meta = build([folder, reference[1]], tmp_path / "map")
+    assert [s["path"] for s in meta["sources"]] == [str(reference[1])]
+    assert_same_map(reference[0], tmp_path / "map", ordered=True)
+
+
+def test_the_smallest_ascii_files_are_read(tmp_path):
+    """A character and a separator per value: the size check lets the smallest files pass,
+    without a final newline too."""
+    from spatialoc_ros.data.labels import kitti360_labels
+
+    header = ("ply\nformat ascii 1.0\nelement vertex 2\nproperty uchar x\nproperty uchar y\n"
+              "property uchar z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
+              "property uchar semantic\nproperty uchar instance\nend_header\n")
+    (tmp_path / "small.ply").write_text(header + "1 2 3 4 5 6 7 8\n2 3 4 5 6 7 7 8")
+    pcd = ("VERSION 0.7\nFIELDS x y z rgb\nSIZE 4 4 4 4\nTYPE F F F F\nCOUNT 1 1 1 1\n"
+           "WIDTH 2\nHEIGHT 1\nPOINTS 2\nDATA ascii\n1 2 3 4\n2 3 4 5")
+    (tmp_path / "small.pcd").write_text(pcd)
+    for name in ("small.ply", "small.pcd"):
+        cloud = clouds.CloudFile(tmp_path / name)
+        assert cloud.num_points == len(cloud._data) == 2
+    counts = clouds.ReadCounts()
+    chunk, = clouds.CloudFile(tmp_path / "small.ply").chunks(kitti360_labels(), counts)
+    np.testing.assert_array_equal(chunk.xyz, [[1, 2, 3], [2, 3, 4]])
+    assert chunk.cls.tolist() == [C.CLASS_NAMES.index("road")] * 2
+    # PCL writes a packed rgb float of an ASCII file as its integer
+    np.testing.assert_allclose(clouds._colors(cloud._data, ("rgb",), True) * 255,
+                               [[0, 0, 4], [0, 0, 5]], atol=1e-4)
+
+
+def test_chunks_and_voxel_merges_do_not_change_the_map(reference, monkeypatch, tmp_path):
     monkeypatch.setattr(clouds, "CHUNK_POINTS", 997)
     monkeypatch.setattr(map_build, "_COMPACT_ROWS", 300)
     seen = []
@@ -325,7 +364,7 @@ def test_a_float32_cloud_far_from_zero_warns_about_precision(tmp_path, caplog):
     assert len(warned) == 1 and str(ply) in warned[0] and "1.00 m apart" in warned[0]
 
 
-# --------------------------------------------------------------------------- 4. serving a built map
+# --------------------------------------------------------------------------- 4. serving a map
 
 
 @pytest.fixture(scope="module")
@@ -379,13 +418,205 @@ def test_a_built_map_serves_in_its_own_coordinates(synth_scene, tiny_weights, tm
     assert report["top1_error_m"]["median"] == pytest.approx(
         reports[0.0]["top1_error_m"]["median"], abs=1e-3)
 
-    loc = Localizer(tmp_path / "map_5000", tiny_weights, device="cpu", cache=tmp_path / "cache")
-    answer = loc.localize(json.loads(lines[0])["text"])
-    boxes = np.stack([c.bbox_w for c in loc.cells])
-    assert answer.hypotheses
-    for h in answer.hypotheses:
-        box = loc.map.cells_by_id[h.cell_id].bbox_w
-        assert np.all(h.position[:2] >= box[:2] - 15) and np.all(h.position[:2] <= box[3:5] + 15)
-    best = answer.best.position
-    assert boxes[:, 0].min() - 15 <= best[0] <= boxes[:, 3].max() + 15
-    assert boxes[:, 1].min() - 15 <= best[1] <= boxes[:, 4].max() + 15
+    text = json.loads(lines[0])["text"]
+    loc0, loc = [Localizer(tmp_path / f"map_{int(x)}", tiny_weights, device="cpu",
+                           cache=tmp_path / "cache") for x in (0.0, origin[0])]
+    assert loc.map.frame_id == "site" and len(loc.cells) == len(bench_cells)
+    here, moved = loc0.localize(text), loc.localize(text)
+    assert moved.hypotheses
+    for h, g in zip(here.hypotheses, moved.hypotheses):
+        box = loc.map.cells_by_id[g.cell_id].bbox_w
+        assert np.all(g.position[:2] >= box[:2] - 15) and np.all(g.position[:2] <= box[3:5] + 15)
+        # the same answer as in the map built without the origin, moved by it
+        assert g.cell_id.split("_")[1] == h.cell_id.split("_")[1]
+        np.testing.assert_allclose(g.position, h.position + origin, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(moved.covariance_xy, here.covariance_xy, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- 5. bad input
+
+
+@pytest.fixture()
+def maps(tmp_path):
+    """An empty folder to build into: nothing may be left in it when a build fails."""
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    return folder
+
+
+def assert_fails(capsys, maps, inputs, *fragments, extra=()):
+    """``map build`` fails with one ``spatialoc: error:`` line holding ``fragments``, quickly
+    and without a large allocation, and leaves nothing beside ``--out``."""
+    inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        status, out, err = run(capsys, "map", "build", *inputs, "--out", maps / "map",
+                               "--quiet", *extra)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == cli.EXIT_ERROR, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spatialoc: error: "), err
+    for fragment in fragments:
+        assert str(fragment) in lines[0], (fragment, lines[0])
+    assert list(maps.iterdir()) == [], "a failed build left files"
+    assert time.perf_counter() - start < 20
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB allocated"
+    return lines[0]
+
+
+def _claim(path, old, new):
+    """Rewrite the header line ``old`` of a cloud file as ``new`` (the data stays)."""
+    data = Path(path).read_bytes()
+    assert data.count(old.encode()) == 1
+    Path(path).write_bytes(data.replace(old.encode(), new.encode()))
+    return path
+
+
+def test_a_cloud_without_its_class_field_is_one_line(rows, tmp_path, maps, capsys):
+    from numpy.lib import recfunctions
+
+    names = [n for n in rows.dtype.names if n != "semantic"]
+    ply = write_ply(tmp_path / "noclass.ply", recfunctions.repack_fields(rows[names]))
+    assert_fails(capsys, maps, ply, ply, "'semantic'", "--labels")
+
+
+def test_an_empty_file_is_one_line(tmp_path, maps, capsys):
+    for name in ("empty.ply", "empty.pcd"):
+        (tmp_path / name).write_bytes(b"")
+        assert_fails(capsys, maps, tmp_path / name, tmp_path / name, "empty file")
+
+
+def test_a_truncated_cloud_is_one_line(rows, tmp_path, maps, capsys):
+    ply = write_ply(tmp_path / "cut.ply", rows)
+    ply.write_bytes(ply.read_bytes()[:-100])
+    assert_fails(capsys, maps, ply, ply, f"header claims {len(rows):,} points")
+    text = write_ply(tmp_path / "cut_ascii.ply", rows, binary=False)
+    text.write_bytes(b"\n".join(text.read_bytes().split(b"\n")[:-50]) + b"\n")
+    assert_fails(capsys, maps, text, text, "unreadable PLY")
+    for encoding in ("binary", "ascii", "binary_compressed"):
+        pcd = write_pcd(tmp_path / f"cut_{encoding}.pcd", rows, encoding)
+        pcd.write_bytes(pcd.read_bytes()[:-100])
+        assert_fails(capsys, maps, pcd, pcd, extra=("--labels", label_file(
+            tmp_path / "labels.yaml", PCD_LABELS)))
+
+
+@pytest.mark.parametrize("kind", ["binary.ply", "ascii.ply", "binary.pcd", "ascii.pcd",
+                                  "binary_compressed.pcd"])
+def test_a_header_claiming_far_more_points_fails_fast(kind, rows, tmp_path, maps, capsys):
+    encoding, suffix = kind.split(".")
+    claim = 10 ** 12
+    small = np.ascontiguousarray(rows[:500])
+    if suffix == "ply":
+        path = write_ply(tmp_path / kind, small, binary=encoding == "binary")
+        _claim(path, "element vertex 500\n", f"element vertex {claim}\n")
+        extra = ()
+    else:
+        path = write_pcd(tmp_path / kind, small, encoding)
+        _claim(path, "POINTS 500\n", f"POINTS {claim}\n")
+        _claim(path, "WIDTH 500\n", f"WIDTH {claim}\n")
+        extra = ("--labels", label_file(tmp_path / "labels.yaml", PCD_LABELS))
+    assert_fails(capsys, maps, path, path, f"header claims {claim:,} points", extra=extra)
+
+
+def test_a_cloud_without_instance_objects_is_one_line(rows, tmp_path, maps, capsys):
+    stuff = rows[np.isin(rows["semantic"], [IDS["road"], IDS["vegetation"]])]
+    ply = write_ply(tmp_path / "stuff.ply", np.ascontiguousarray(stuff))
+    assert_fails(capsys, maps, ply, ply, "no instance objects")
+
+
+def test_bad_label_files_are_one_line(reference, tmp_path, maps, capsys):
+    unknown = label_file(tmp_path / "unknown.yaml", {"classes": {7: "road", 11: "skyscraper"}})
+    assert_fails(capsys, maps, reference[1], unknown, "unknown class 'skyscraper'",
+                 extra=("--labels", unknown))
+    broken = label_file(tmp_path / "broken.yaml", "classes: {7: road\n  11: [building\n")
+    assert_fails(capsys, maps, reference[1], broken, "not YAML", extra=("--labels", broken))
+    assert_fails(capsys, maps, reference[1], tmp_path / "missing.yaml",
+                 extra=("--labels", tmp_path / "missing.yaml"))
+    # a binary file (a cloud given as --labels by mistake)
+    assert_fails(capsys, maps, reference[1], reference[1], "not YAML",
+                 extra=("--labels", reference[1]))
+
+
+def test_missing_inputs_are_one_line(tmp_path, maps, capsys):
+    assert_fails(capsys, maps, tmp_path / "nowhere.ply", tmp_path / "nowhere.ply",
+                 "no such file")
+    (tmp_path / "clouds").mkdir()
+    (tmp_path / "clouds" / "readme.txt").write_text("no clouds here")
+    assert_fails(capsys, maps, tmp_path / "clouds", tmp_path / "clouds", "no .ply or .pcd")
+
+
+def test_an_existing_out_folder_needs_force(reference, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    status, _, err = run(capsys, "map", "build", reference[1], "--out", out, "--quiet")
+    assert status == cli.EXIT_ERROR and len(err.splitlines()) == 1
+    assert str(out) in err and "--force" in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    # an empty folder is fine, and --force replaces a map
+    (out / "notes.txt").unlink()
+    assert run(capsys, "map", "build", reference[1], "--out", out, "--quiet")[0] == 0
+    assert run(capsys, "map", "build", reference[1], "--out", out, "--quiet")[0] == 2
+    assert run(capsys, "map", "build", reference[1], "--out", out, "--quiet", "--force")[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == [CELLS_FILE, MAP_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    # --force never replaces a folder that is not a map, nor a file
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("keep me")
+    (tmp_path / "notes.txt").write_text("keep me")
+    for other in (tmp_path / "data", tmp_path / "notes.txt"):
+        status, _, err = run(capsys, "map", "build", reference[1], "--out", other, "--quiet",
+                             "--force")
+        assert status == cli.EXIT_ERROR and "not a map folder" in err and str(other) in err
+    assert (tmp_path / "data" / "keep.txt").read_text() == "keep me"
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_build_that_fails_while_writing_leaves_the_old_map(reference, maps, monkeypatch):
+    from spatialoc_ros.data import map_folder
+
+    build(reference[1], maps / "map")
+    before = {p.name: p.read_bytes() for p in (maps / "map").iterdir()}
+
+    def disk_full(folder, cells, meta):
+        (Path(folder) / CELLS_FILE).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(map_folder, "write_map_folder", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        build(reference[1], maps / "map", force=True)
+    assert [p.name for p in maps.iterdir()] == ["map"]
+    assert {p.name: p.read_bytes() for p in (maps / "map").iterdir()} == before
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def test_unknown_label_ids_are_one_warning_with_their_count(tmp_path, capsys):
+    noise = [(99, 99000, _grid((20, 5, 0), (22, 7, 1))),
+             (98, 98000, _grid((5, 5, 1), (5.5, 5.5, 1.5)))]
+    rows = scene_rows(extra=noise)
+    ply = write_ply(tmp_path / "noisy.ply", rows)
+    status, _, err = run(capsys, "map", "build", ply, "--out", tmp_path / "map", "--quiet")
+    assert status == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and "not in the label mapping" in lines[0], err
+    assert "98 (8 points)" in lines[0] and "99 (256 points)" in lines[0]
+    counts = read_map_meta(tmp_path / "map")["counts"]
+    assert counts["unlisted_points"] == 264 and counts["points"] == len(rows)
+
+
+def test_points_that_are_not_finite_are_dropped_and_counted(rows, tmp_path, capsys):
+    bad = rows.copy()
+    bad["x"][5], bad["y"][17], bad["z"][1000], bad["x"][1000] = np.nan, np.inf, -np.inf, np.nan
+    ply = write_ply(tmp_path / "nan.ply", bad)
+    status, _, err = run(capsys, "map", "build", ply, "--out", tmp_path / "map", "--quiet")
+    assert status == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and "dropped 3 points with NaN or infinite coordinates" in lines[0]
+    counts = read_map_meta(tmp_path / "map")["counts"]
+    assert counts["non_finite_dropped"] == 3 and counts["points"] == len(rows)
+    assert counts["cells"] == 9

@@ -32,7 +32,7 @@ def add_map_command(commands) -> None:
                         "default: over all the ground a person can stand on")
     b.add_argument("--name", default="map",
                    help="names the cells (<name>_<number>) and the map's cache files")
-    b.add_argument("--force", action="store_true", help="replace --out if it exists")
+    b.add_argument("--force", action="store_true", help="replace --out if it is a map folder")
     b.add_argument("--json", action="store_true", help="print the map's metadata as JSON")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(handler=_run_build)

@@ -54,7 +54,8 @@ class ReadCounts:
 
 
 def find_clouds(inputs) -> List[Path]:
-    """The PLY/PCD files named, and those inside named folders (recursively), sorted."""
+    """The PLY/PCD files named, and those inside named folders (recursively), sorted; a file
+    named twice (itself and in its folder) is read once."""
     files: List[Path] = []
     for item in inputs:
         p = Path(item)
@@ -70,7 +71,12 @@ def find_clouds(inputs) -> List[Path]:
             files.append(p)
         else:
             raise DataError(f"{p}: no such file or folder")
-    return files
+    unique, seen = [], set()
+    for f in files:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
 
 
 def _read_header(path: Path) -> Tuple[List[str], int]:
@@ -123,7 +129,8 @@ def _ply_check(path: Path) -> int:
         raise DataError(f"{path}: negative vertex count")
     available = path.stat().st_size - offset
     _, count, row, props = vertex
-    needed = 2 * max(props, 1) * count if fmt == "ascii" else max(row, 1) * count
+    # ascii: a character and a separator per value, the last line's newline may be missing
+    needed = 2 * max(props, 1) * count - 1 if fmt == "ascii" else max(row, 1) * count
     if needed > available:
         raise DataError(f"{path}: header claims {vertex[1]:,} points but the file holds at most "
                         f"{available:,} bytes of data (truncated file or wrong header)")
@@ -143,7 +150,7 @@ def _pcd_check(path: Path) -> Tuple[int, str]:
         raise DataError(f"{path}: not a PCD header (POINTS, SIZE and DATA are needed)") from None
     available = path.stat().st_size - offset
     row = sum(s * c for s, c in zip(sizes, counts))
-    needed = {"ascii": 2 * len(sizes) * points, "binary": row * points}.get(
+    needed = {"ascii": 2 * len(sizes) * points - 1, "binary": row * points}.get(
         data, row * points // _LZF_MAX_RATIO)
     if points < 0 or needed > available:
         raise DataError(f"{path}: header claims {points:,} points but the file holds at most "
@@ -208,6 +215,8 @@ class CloudFile:
             dtype = MetaData.parse_header(lines).build_dtype()
             wide = np.dtype([(n, np.float64 if dtype[n].kind == "f" else dtype[n])
                              for n in dtype.names])
+            if self.num_points == 0:
+                return np.zeros(0, wide)
             with open(self.path, "rb") as f:
                 f.seek(offset)
                 data = np.loadtxt(f, dtype=wide, ndmin=1)

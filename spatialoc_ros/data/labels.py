@@ -99,6 +99,8 @@ def read_label_file(path) -> LabelMap:
         raise DataError(f"{path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise DataError(f"{path}: not YAML ({' '.join(str(exc).split())})") from None
+    except UnicodeDecodeError:  # a binary file, e.g. a cloud given as --labels
+        raise DataError(f"{path}: not YAML (not UTF-8 text)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("classes"), dict) or not doc["classes"]:
         raise DataError(f"{path}: a label file needs a 'classes' mapping (class value -> class "
                         "name or ignore)")

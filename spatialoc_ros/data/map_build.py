@@ -238,11 +238,15 @@ def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str
               origin: Sequence[float] = (0.0, 0.0, 0.0), name: str = "map",
               trajectory=None, force: bool = False, progress: bool = True) -> dict:
     """Build the map folder ``out`` from labelled clouds; returns its ``map.json`` contents."""
-    from .map_folder import write_map_folder
+    from .map_folder import MAP_FILE, is_map_folder, write_map_folder
 
     out = Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not force:
-        raise DataError(f"{out}: already exists; choose another --out or add --force")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        if not force:
+            raise DataError(f"{out}: already exists; choose another --out or add --force")
+        if not is_map_folder(out):  # --force replaces a map, never other files
+            raise DataError(f"{out}: not a map folder (no {MAP_FILE}); --force only replaces "
+                            "a map: choose another --out")
     if not name.isidentifier():
         raise DataError(f"map name {name!r}: use letters, digits and _")
     origin_arr = np.asarray(origin, dtype=np.float64).reshape(3)
@@ -256,7 +260,11 @@ def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str
     objects = gather_objects(files, mapping, report, progress)
     _warn_dropped(report.counts, mapping)
     t1 = time.perf_counter()
-    cells = cut_cells(objects, name, report, drive, progress)
+    try:
+        cells = cut_cells(objects, name, report, drive, progress)
+    except DataError as exc:  # about the clouds as a whole: name them
+        more = f" and {len(files) - 1} more file(s)" if len(files) > 1 else ""
+        raise DataError(f"{files[0]}{more}: {exc}") from None
     for cell in cells:  # cell points are relative to the box: only the box moves
         cell.bbox_w = cell.bbox_w + np.concatenate([origin_arr, origin_arr])
     t2 = time.perf_counter()
