@@ -236,8 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.handler(args) or EXIT_OK)
     except SpatialocError as e:
         return _error(str(e))
-    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
-            NotADirectoryError) as e:
+    except OSError as e:  # a missing or unreadable file, a full disk: one line
         return _error(_os_error_message(e))
     except KeyboardInterrupt:
         _error("interrupted")

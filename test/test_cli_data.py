@@ -102,6 +102,10 @@ def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(capsys, monk
     status, _, err = run(capsys, "data", "stats", tmp_path)
     assert_one_line_error(status, err, "/root/secret: Permission denied")
 
+    fail_with(OSError(28, "No space left on device", "/maps/city/cells.safetensors"))
+    status, _, err = run(capsys, "data", "stats", tmp_path)
+    assert_one_line_error(status, err, "/maps/city/cells.safetensors: No space left on device")
+
     fail_with(RuntimeError("a bug"))
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["data", "stats", str(tmp_path)])
@@ -137,10 +141,12 @@ def test_help_does_not_import_heavy_libraries(tmp_path):
 def test_synth_passes_its_arguments_and_prints_a_summary(capsys, monkeypatch, tmp_path):
     import spatialoc_ros.data as data_pkg
 
-    calls = []
+    calls, extra = [], []
 
-    def synthesize(preset, seed, out, workers=None, progress=True):
+    def synthesize(preset, seed, out, workers=None, progress=True, ply_dir=None, ply_copies=1,
+                   scenes=None):
         calls.append((preset, seed, str(out), workers, progress))
+        extra.append((ply_dir, ply_copies, scenes))
         return {"preset": preset, "seed": seed, "out": str(out), "seconds": 1.25, "scenes": {
             TRAIN_SCENE: {"cells": 10, "poses": 40},
             "2013_05_28_drive_0002_sync": {"cells": 5, "poses": 8},
@@ -160,6 +166,14 @@ def test_synth_passes_its_arguments_and_prints_a_summary(capsys, monkeypatch, tm
     run(capsys, "data", "synth", "--preset", "tiny", "--seed", 7, "--out", tmp_path / "p",
         "--quiet")
     assert calls[-1] == ("tiny", 7, str(tmp_path / "p"), None, False)
+    assert extra[-1] == (None, 1, None)
+
+    run(capsys, "data", "synth", "--preset", "tiny", "--out", tmp_path / "q", "--ply",
+        tmp_path / "ply", "--ply-copies", 3, "--scenes", "0010", "0003")
+    assert extra[-1] == (str(tmp_path / "ply"), 3, ["0010", "0003"])
+    status, _, err = run(capsys, "data", "synth", "--preset", "tiny", "--out", tmp_path / "r",
+                         "--ply-copies", 2)
+    assert_one_line_error(status, err, "--ply-copies is at least 1 and needs --ply")
 
 
 def _choices(command, dest):

@@ -30,6 +30,10 @@ def add_map_command(commands) -> None:
                    help="the drive that recorded the cloud (KITTI-360's poses.txt, or x y z "
                         "lines): cells are placed along it as the benchmark places them; "
                         "default: over all the ground a person can stand on")
+    b.add_argument("--no-downsample", action="store_true",
+                   help="keep every point instead of voxel-downsampling objects as the "
+                        "benchmark does (for clouds already at the benchmark's density, such as "
+                        "'data synth --ply' scenes)")
     b.add_argument("--name", default="map",
                    help="names the cells (<name>_<number>) and the map's cache files")
     b.add_argument("--force", action="store_true", help="replace --out if it is a map folder")
@@ -43,7 +47,7 @@ def _run_build(args) -> int:
 
     meta = build_map(args.inputs, args.out, labels=args.labels, frame_id=args.frame_id,
                      origin=args.origin, name=args.name, trajectory=args.trajectory,
-                     force=args.force,
+                     force=args.force, downsample=not args.no_downsample,
                      progress=not args.quiet)
     if args.json:
         print(json.dumps(meta, indent=2))

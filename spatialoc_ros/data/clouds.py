@@ -175,16 +175,39 @@ class CloudFile:
         self.path = Path(path)
         self._text = False  # an ASCII PCD: values were read as text (see _colors)
         suffix = self.path.suffix.lower()
+        self._loaded = None
         if suffix == ".ply":
             self.num_points = _ply_check(self.path)
-            self._data = self._open_ply()
+            self._loaded = self._open_ply()  # memory-mapped: nothing is read yet
+            self.fields: Tuple[str, ...] = tuple(self._loaded.dtype.names or ())
         elif suffix == ".pcd":
             self.num_points, encoding = _pcd_check(self.path)
             self._text = encoding == "ascii"
-            self._data = self._read_pcd_text() if self._text else self._open_pcd()
+            self.fields = self._pcd_fields()
         else:
             raise DataError(f"{self.path}: not a .ply or .pcd file")
-        self.fields: Tuple[str, ...] = tuple(self._data.dtype.names or ())
+
+    @property
+    def _data(self):
+        """The points (a PCD is read whole on first use and kept until :meth:`release`)."""
+        if self._loaded is None:
+            self._loaded = self._read_pcd_text() if self._text else self._open_pcd()
+        return self._loaded
+
+    def release(self) -> None:
+        """Free a PCD's points once read (a PLY stays memory-mapped)."""
+        if self.path.suffix.lower() == ".pcd":
+            self._loaded = None
+
+    def _pcd_fields(self) -> Tuple[str, ...]:
+        from pypcd4 import MetaData
+
+        lines, _ = _read_header(self.path)
+        try:
+            return tuple(MetaData.parse_header(lines).fields)
+        except Exception as exc:  # pydantic's validation errors
+            raise DataError(f"{self.path}: unreadable PCD header ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())})") from None
 
     def _open_ply(self):
         import plyfile

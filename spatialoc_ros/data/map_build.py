@@ -117,7 +117,7 @@ class BuildReport:
 
 
 def gather_objects(files: Sequence[Path], labels: LabelMap, report: BuildReport,
-                   progress: bool = True) -> List[SceneObject]:
+                   progress: bool = True, downsample: bool = True) -> List[SceneObject]:
     """Scene objects of all files: merged by (class, instance) and voxel-downsampled, in the
     original generator's scene order: by the file they first appear in, then class, then
     instance id."""
@@ -129,7 +129,7 @@ def gather_objects(files: Sequence[Path], labels: LabelMap, report: BuildReport,
     for cloud in clouds:
         cloud.check_fields(labels)
     total = sum(c.num_points for c in clouds)
-    voxel = [C.CLASSES[n][2] for n in C.CLASS_NAMES]
+    voxel = [C.CLASSES[n][2] if downsample else None for n in C.CLASS_NAMES]
     objects: Dict[Tuple[int, int], _Voxels] = {}
     bar = tqdm(total=total, desc="read points", unit="pt", unit_scale=True, disable=not progress,
                dynamic_ncols=True)
@@ -143,6 +143,7 @@ def gather_objects(files: Sequence[Path], labels: LabelMap, report: BuildReport,
         for chunk in cloud.chunks(labels, report.counts):
             _add_chunk(objects, chunk, voxel, number)
             bar.update(report.counts.points - bar.n)
+        cloud.release()
         bar.update(report.counts.points - bar.n)
     bar.close()
     scene = []
@@ -158,10 +159,10 @@ def gather_objects(files: Sequence[Path], labels: LabelMap, report: BuildReport,
 
 
 def _add_chunk(objects, chunk, voxel, file_number: int) -> None:
-    key = (chunk.cls.astype(np.int64) << 40) ^ (chunk.instance & ((1 << 40) - 1))
-    order = np.argsort(key, kind="stable")
-    sorted_key = key[order]
-    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    order = np.lexsort((chunk.instance, chunk.cls))  # any int64 instance id, negative too
+    cls_sorted, inst_sorted = chunk.cls[order], chunk.instance[order]
+    starts = np.flatnonzero(np.r_[True, (cls_sorted[1:] != cls_sorted[:-1])
+                                  | (inst_sorted[1:] != inst_sorted[:-1])])
     ends = np.r_[starts[1:], len(order)]
     xyz = chunk.xyz
     for a, b in zip(starts, ends):
@@ -236,8 +237,12 @@ def cut_cells(objects: Sequence[SceneObject], name: str, report: BuildReport,
 
 def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str = "map",
               origin: Sequence[float] = (0.0, 0.0, 0.0), name: str = "map",
-              trajectory=None, force: bool = False, progress: bool = True) -> dict:
-    """Build the map folder ``out`` from labelled clouds; returns its ``map.json`` contents."""
+              trajectory=None, force: bool = False, progress: bool = True,
+              downsample: bool = True) -> dict:
+    """Build the map folder ``out`` from labelled clouds; returns its ``map.json`` contents.
+
+    ``downsample=False`` keeps every point (for clouds whose objects are already at the
+    benchmark's density, such as the synthetic scenes of ``data synth --ply``)."""
     from .map_folder import MAP_FILE, is_map_folder, write_map_folder
 
     out = Path(out)
@@ -257,7 +262,7 @@ def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str
     drive = None if trajectory is None else read_trajectory(trajectory)
     report = BuildReport()
     t0 = time.perf_counter()
-    objects = gather_objects(files, mapping, report, progress)
+    objects = gather_objects(files, mapping, report, progress, downsample)
     _warn_dropped(report.counts, mapping)
     t1 = time.perf_counter()
     try:
@@ -272,6 +277,8 @@ def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str
     meta = _metadata(name, frame_id, origin_arr, mapping, report, len(objects))
     meta["cell_parameters"]["centres"] = ("along the drive in " + str(trajectory)
                                           if drive is not None else "over the standing ground")
+    if not downsample:
+        meta["cell_parameters"]["voxel_m"] = None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
