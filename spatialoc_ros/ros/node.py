@@ -112,7 +112,6 @@ class LocalizerNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load map and weights. SUCCESS -> inactive; FAILURE (one log line) -> unconfigured."""
-        from ..core.map_source import open_map
         from ..inference import Localizer
 
         start = time.monotonic()
@@ -121,13 +120,12 @@ class LocalizerNode(LifecycleNode):
             self.get_logger().info(f"loading map {settings.map_path} "
                                    f"({', '.join(settings.scenes) or 'all scenes'}) with weights "
                                    f"{settings.weights_dir} on device {settings.device}")
-            source = open_map(settings.map_path, settings.scenes or None, settings.frame_id)
-            settings = self._map_frame(settings, source)
-            localizer = Localizer(source, settings.weights_dir,
+            localizer = Localizer(settings.map_path, settings.weights_dir,
                                   scenes=settings.scenes or None, device=settings.device,
                                   cache=settings.cache_dir or None, top_k=settings.top_k,
                                   max_chars=settings.max_query_chars,
                                   max_hints=settings.max_hints)
+            settings = self._map_frame(settings, localizer.map)
             cloud = (map_points(localizer.map.cells, settings.map_cloud_max_points)
                      if settings.publish_map_cloud else None)
         except Exception as exc:  # any failure to load must leave the node alive and say why
@@ -156,7 +154,9 @@ class LocalizerNode(LifecycleNode):
     def _map_frame(self, settings: Settings, source) -> Settings:
         """A built map publishes in the frame it was built for; the parameter names the frame
         of maps that carry none (KITTI360Pose folders)."""
-        if source.frame_id == settings.frame_id:
+        from ..core.map_source import BuiltMap
+
+        if not isinstance(source, BuiltMap) or source.frame_id == settings.frame_id:
             return settings
         if settings.frame_id != PARAMETERS_BY_NAME["frame_id"].default:
             self.get_logger().warning(f"frame_id {settings.frame_id!r} is ignored: the map "
