@@ -433,6 +433,27 @@ def test_a_built_map_serves_in_its_own_coordinates(synth_scene, tiny_weights, tm
     np.testing.assert_allclose(moved.covariance_xy, here.covariance_xy, rtol=1e-4, atol=1e-4)
 
 
+def test_eval_map_on_a_benchmark_folder_measures_retrieval_too(
+        synth_scene, tiny_dataset, tiny_weights, tmp_path, capsys):
+    scene, _ = synth_scene
+    lines = (scene / "queries.jsonl").read_text().splitlines()[:16]
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(line + "\n" for line in lines))  # with their "scene"
+    status, out_text, err = run(capsys, "eval", "--map", tiny_dataset, "--scenes", "0010",
+                                "--queries", queries, "--weights", tiny_weights, "--json",
+                                "--quiet", "--device", "cpu", "--cache", tmp_path / "cache")
+    assert status == 0, err
+    report = json.loads(out_text)
+    # the benchmark defines each query's cell: the nearest centre of its scene
+    assert set(report["retrieval_recall"]) == {"1", "3", "5"}
+    assert report["num_queries"] == 16 and report["gallery_cells"] > 0
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text(json.dumps(dict(json.loads(lines[0]), scene="0003")) + "\n")
+    status, _, err = run(capsys, "eval", "--map", tiny_dataset, "--scenes", "0010",
+                         "--queries", foreign, "--weights", tiny_weights, "--quiet")
+    assert status == 2 and "not in the map's scenes" in err and len(err.splitlines()) == 1
+
+
 # --------------------------------------------------------------------------- 5. bad input
 
 
