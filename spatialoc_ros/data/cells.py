@@ -171,12 +171,15 @@ def grid_cell_centers(locations: np.ndarray) -> np.ndarray:
     return np.concatenate([centers[keep], locations[nearest[keep], 2:3]], axis=1)
 
 
-def ground_cell_centers(standing: np.ndarray) -> np.ndarray:
-    """Cell centres of a map without a drive: one per 10 m grid square holding ground a person
-    can stand on, at the square's centre and that ground's median height.
+def ground_cell_centers(standing: np.ndarray, reach: float = 0.0) -> np.ndarray:
+    """Cell centres of a map without a drive: the centres of the 10 m grid squares holding
+    ground a person can stand on, and of the squares up to ``reach`` metres (centre to centre)
+    around them, each at the median height of the nearest such ground plus the height of a
+    drive's poses above it (:data:`constants.POSE_HEIGHT`), where the benchmark's centres are.
 
     Every point of that ground is within 7.1 m (half the square's diagonal) of a centre, as a
-    drive's poses are of the benchmark's grid.
+    drive's poses are of the benchmark's grid; ``reach`` extends the cells to places beside it,
+    as the benchmark's centres reach 30 m from the drive.
     """
     if len(standing) == 0:
         return np.zeros((0, 3))
@@ -186,7 +189,15 @@ def ground_cell_centers(standing: np.ndarray) -> np.ndarray:
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(len(squares) + 1))
     z = np.array([np.median(standing[order[a:b], 2]) for a, b in zip(bounds[:-1], bounds[1:])])
-    return np.concatenate([(squares + 0.5) * C.CELL_DIST, z[:, None]], axis=1)
+    rings = int(reach // C.CELL_DIST)
+    if rings > 0:
+        steps = np.arange(-rings, rings + 1)
+        offsets = np.stack(np.meshgrid(steps, steps, indexing="ij"), -1).reshape(-1, 2)
+        offsets = offsets[np.linalg.norm(offsets, axis=1) * C.CELL_DIST <= reach + 1e-9]
+        around = np.unique((squares[:, None, :] + offsets[None]).reshape(-1, 2), axis=0)
+        _, nearest = cKDTree(squares).query(around)
+        squares, z = around, z[nearest]
+    return np.concatenate([(squares + 0.5) * C.CELL_DIST, z[:, None] + C.POSE_HEIGHT], axis=1)
 
 
 def make_cells(index: SceneIndex, centers: np.ndarray, scene_short: str,

@@ -128,7 +128,7 @@ def generate_city(rng: np.random.Generator, drive_length: float,
     path, used = drive(rng, nodes, edges, drive_length)
     # samples are 1 m apart
     traj_xy = polyline(nodes, path, lane_offset=2.0)[: int(drive_length) + 1]
-    trajectory = np.concatenate([traj_xy, (ground(traj_xy) + 1.7)[:, None]], 1)
+    trajectory = np.concatenate([traj_xy, (ground(traj_xy) + C.POSE_HEIGHT)[:, None]], 1)
 
     # districts: each street takes the kind of the nearest district centre
     kinds = list(district_weights)

@@ -84,6 +84,7 @@ MIN_CELLS_PER_SPLIT = 10
 CELL_SIZE = 30.0
 CELL_DIST = 10.0
 POSE_DIST = 10.0
+POSE_HEIGHT = 1.7  # m above the road: the height of the drive's poses, and of cell centres
 POSE_COUNT = 4
 POSE_SHIFT_SCALE = CELL_SIZE / 2.1  # shifts of 0..14 m towards +x and +y
 NUM_MENTIONED = 6

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # Ground a person can stand on: the cells are laid over it (README.md, "Your own map").
 STANDING_CLASSES = ("road", "sidewalk", "parking")
+GROUND_REACH_M = 20.0  # cells also centred this far beside that ground (see cell_centres)
 _KEY_BITS = 21  # voxel keys of one object pack into an int64 while it spans < 2^21 voxels
 _COMPACT_ROWS = 1_000_000  # merge an object's pending voxel rows beyond this many
 FLOAT32_WARN_M = 0.05  # warn when float32 coordinates are coarser than this
@@ -212,7 +213,7 @@ def cell_centres(index: SceneIndex, objects: Sequence[SceneObject],
     if trajectory is not None:
         locations = close_locations(index, subsample_locations(trajectory, C.CELL_DIST))
         return grid_cell_centers(locations) if len(locations) else np.zeros((0, 3))
-    return close_locations(index, ground_cell_centers(standing_points(objects)))
+    return close_locations(index, ground_cell_centers(standing_points(objects), GROUND_REACH_M))
 
 
 def cut_cells(objects: Sequence[SceneObject], name: str, report: BuildReport,
