@@ -641,3 +641,23 @@ def test_points_that_are_not_finite_are_dropped_and_counted(rows, tmp_path, caps
     counts = read_map_meta(tmp_path / "map")["counts"]
     assert counts["non_finite_dropped"] == 3 and counts["points"] == len(rows)
     assert counts["cells"] == 9
+
+
+def test_ground_centres_cover_the_standing_ground_and_reach_beside_it():
+    from spatialoc_ros.data import constants as C
+    from spatialoc_ros.data.cells import ground_cell_centers
+
+    # a 40 m x 4 m strip of road along x at height 2 m (the points avoid square borders)
+    xs, ys = np.meshgrid(np.arange(0.5, 40.0, 1.0), np.arange(1.25, 4.0, 1.0))
+    road = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, 2.0)], axis=1)
+    on = ground_cell_centers(road)
+    assert sorted(map(tuple, on[:, :2])) == [(5.0, 5.0), (15.0, 5.0), (25.0, 5.0), (35.0, 5.0)]
+    # the drive's pose height above the ground, where the benchmark's centres are
+    np.testing.assert_allclose(on[:, 2], 2.0 + C.POSE_HEIGHT, rtol=0, atol=1e-12)
+    beside = ground_cell_centers(road, reach=20.0)
+    squares = {tuple(np.round((c[:2] - 5.0) / 10.0).astype(int)) for c in beside}
+    # every square within 20 m (centre to centre) of a road square, and no other
+    expected = {(i + di, dj) for i in range(4) for di in range(-2, 3) for dj in range(-2, 3)
+                if di * di + dj * dj <= 4}
+    assert squares == expected
+    np.testing.assert_allclose(beside[:, 2], 2.0 + C.POSE_HEIGHT, rtol=0, atol=1e-12)
