@@ -9,8 +9,8 @@
    split the cloud. Objects below their class's minimum point count are dropped.
 2. Cut the objects into cells with the benchmark's own code (:mod:`.cells`): 30 m cubes on
    a 10 m grid, along the drive when one is given (``--trajectory``, as the benchmark
-   places them) or else over the ground a person can stand on
-   (:func:`.cells.ground_cell_centers`); kept where an instance object is within 15 m and
+   places them) or else over the ground a person can stand on and 20 m beside it, at the
+   drive's pose height above it (:func:`.cells.ground_cell_centers`); kept where an instance object is within 15 m and
    at least six objects fall inside. All of this happens in the clouds' own coordinates;
    ``--origin`` is added to the cells' boxes at the end, so it moves the map without changing
    it (a grid laid after adding it would move by whole grid steps, not by the origin).
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Ground a person can stand on: the cells are laid over it (README.md, "Your own map").
 STANDING_CLASSES = ("road", "sidewalk", "parking")
-GROUND_REACH_M = 20.0  # cells also centred this far beside that ground (see cell_centres)
+GROUND_REACH_M = 20.0  # cells also centred this far beside it (the drive's reach 30 m)
 _KEY_BITS = 21  # voxel keys of one object pack into an int64 while it spans < 2^21 voxels
 _COMPACT_ROWS = 1_000_000  # merge an object's pending voxel rows beyond this many
 FLOAT32_WARN_M = 0.05  # warn when float32 coordinates are coarser than this
@@ -209,7 +209,10 @@ def read_trajectory(path) -> np.ndarray:
 def cell_centres(index: SceneIndex, objects: Sequence[SceneObject],
                  trajectory: Optional[np.ndarray]) -> np.ndarray:
     """The benchmark's centres along a drive when there is one, else over the standing
-    ground; either way only where an instance object is within 15 m."""
+    ground and beside it; either way only where an instance object is within 15 m.
+
+    Measured on the benchmark's test scenes (README.md, "Your own map"), the placement
+    without a drive localizes the scenes' descriptions as well as the drive's does."""
     if trajectory is not None:
         locations = close_locations(index, subsample_locations(trajectory, C.CELL_DIST))
         return grid_cell_centers(locations) if len(locations) else np.zeros((0, 3))
