@@ -134,10 +134,11 @@ def open_map(path, scenes: Optional[Sequence[str]] = None,
     from ..data.map_folder import is_map_folder
 
     if is_map_folder(root):
-        if scenes and list(scenes) != [BuiltMap(root).name]:
-            raise SpatialocError(f"{path}: a built map has one scene ({BuiltMap(root).name}); "
-                                 "leave out the scenes")
-        return BuiltMap(root)
+        built = BuiltMap(root)
+        if scenes and list(scenes) != [built.name]:
+            raise SpatialocError(f"{path}: a built map has one scene ({built.name}); leave out "
+                                 "the scenes")
+        return built
     if is_kitti360pose_folder(root):
         return KittiPoseMap(root, scenes, frame_id)
     raise SpatialocError(f"{path}: not a map folder (expected a map built by 'spatialoc map "

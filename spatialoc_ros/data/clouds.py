@@ -251,9 +251,6 @@ class CloudFile:
                             f"file holds {len(data):,} (truncated file or wrong header)")
         return data
 
-    def _field(self, rows, name: str) -> np.ndarray:
-        return np.asarray(rows[name])
-
     def check_fields(self, labels: LabelMap) -> None:
         """One clear error naming the fields a mapping needs and this file lacks."""
         need = ["x", "y", "z", labels.class_field, *labels.color_fields]
@@ -271,9 +268,9 @@ class CloudFile:
         ``counts`` records what was dropped."""
         self.check_fields(labels)
         chunk = chunk or CHUNK_POINTS  # read now, not when the module was loaded
-        lut_keys = np.array(sorted(labels.classes), dtype=np.int64)
-        lut_vals = np.array([-1 if labels.class_index(k) is None else labels.class_index(k)
-                             for k in lut_keys], dtype=np.int16)
+        lut_keys = np.array(sorted(labels.classes), dtype=np.int64)  # never empty
+        lut_vals = np.array([-1 if i is None else i for i in map(labels.class_index, lut_keys)],
+                            dtype=np.int16)
         for start in range(0, len(self._data), chunk):
             rows = self._data[start:start + chunk]
             counts.points += len(rows)
@@ -281,9 +278,9 @@ class CloudFile:
             finite = np.isfinite(xyz).all(axis=1)
             counts.non_finite += int((~finite).sum())
             value = np.asarray(rows[labels.class_field]).astype(np.int64)
-            slot = np.clip(np.searchsorted(lut_keys, value), 0, max(len(lut_keys) - 1, 0))
-            listed = (lut_keys[slot] == value) if len(lut_keys) else np.zeros(len(value), bool)
-            cls = np.where(listed, lut_vals[slot] if len(lut_keys) else -1, -1).astype(np.int16)
+            slot = np.clip(np.searchsorted(lut_keys, value), 0, len(lut_keys) - 1)
+            listed = lut_keys[slot] == value
+            cls = np.where(listed, lut_vals[slot], -1).astype(np.int16)
             unlisted = finite & ~listed
             if unlisted.any():
                 counts.add_unlisted(value[unlisted])

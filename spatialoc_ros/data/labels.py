@@ -59,9 +59,6 @@ class LabelMap:
         name = self.classes.get(int(value))
         return None if name is None or name == IGNORE else C.CLASS_NAMES.index(name)
 
-    def is_listed(self, value: int) -> bool:
-        return int(value) in self.classes
-
     def to_dict(self) -> dict:
         """What the map's metadata records of the mapping."""
         return {"source": self.source, "class_field": self.class_field,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 
@@ -125,9 +125,3 @@ def _cells(a: dict, name: str) -> List[Cell]:
         cells.append(Cell(f"{name}_{number:05d}", name, box, float(np.max(box[3:] - box[:3])),
                           objects))
     return cells
-
-
-def map_summary(cells: Sequence[Cell]) -> Tuple[int, int]:
-    """(objects, points) over all cells."""
-    return (sum(len(c.objects) for c in cells),
-            sum(len(o.xyz) for c in cells for o in c.objects))

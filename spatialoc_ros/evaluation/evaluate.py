@@ -154,8 +154,8 @@ def evaluate_map(map_dir: str, queries_file: str, weights: str = "models",
         raise SpatialocError(f"{weights}: no fine.safetensors; eval --map measures positions")
     queries = read_queries(queries_file)
     source = open_map(map_dir, scenes)
-    short = [scene_short_name(s) if isinstance(source, KittiPoseMap) and len(s) != 4 else s
-             for s in source.scenes]
+    short = ([scene_short_name(s) for s in source.scenes] if isinstance(source, KittiPoseMap)
+             else source.scenes)
     for q in queries:
         if not isinstance(source, KittiPoseMap) or (q.scene is None and len(short) == 1):
             q.scene = short[0]  # a built map is one place: its queries are all in it
