@@ -29,9 +29,11 @@ EXIT_ERROR = 2  # same status argparse uses for a bad command line
 EXIT_INTERRUPTED = 130
 
 # Spelled out rather than imported, so building the parser imports no dataset code
-# (the tests check they equal synth.PRESETS and constants.SPLITS).
+# (the tests check they equal synth.PRESETS, constants.SPLITS and paraphrase.STYLES).
 SYNTH_PRESETS = ("tiny", "small", "benchmark")
 SPLIT_NAMES = ("train", "val", "test")
+PARAPHRASE_STYLES = ("template", "frames", "inverted", "synonyms", "template3", "partial",
+                     "speech", "mixed")
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 
@@ -40,15 +42,17 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _add_data_command(commands) -> None:
-    """``spatialoc data {synth,stats,show}``: create, count and look at datasets."""
+    """``spatialoc data {synth,stats,show,paraphrase}``: create, count, look at and reword
+    datasets."""
     data = commands.add_parser("data", help="create, count and look at KITTI360Pose datasets",
                                description="Create, count and look at datasets in the "
                                            "KITTI360Pose format.")
-    sub = data.add_subparsers(dest="data_command", metavar="{synth,stats,show}")
+    sub = data.add_subparsers(dest="data_command", metavar="{synth,stats,show,paraphrase}")
     sub.required = True
     _add_data_synth(sub)
     _add_data_stats(sub)
     _add_data_show(sub)
+    _add_data_paraphrase(sub)
 
 
 def _add_data_synth(sub) -> None:
@@ -100,6 +104,27 @@ def _add_data_show(sub) -> None:
     p.add_argument("--cells", type=int, default=None, metavar="N",
                    help="draw only the first N cells (by id) and their poses")
     p.set_defaults(handler=_run_data_show)
+
+
+def _add_data_paraphrase(sub) -> None:
+    p = sub.add_parser("paraphrase", help="write a split's queries reworded, one file per style",
+                       description="Write the same sampled queries of a split in several "
+                                   "wordings (DIR/<style>.jsonl, one query a line: text, scene, "
+                                   "pose_w, cell_id, style, facts), for evaluation with "
+                                   "'spatialoc eval --queries'.")
+    p.add_argument("--data", required=True, metavar="DIR", help="KITTI360Pose folder")
+    p.add_argument("--split", required=True, choices=SPLIT_NAMES,
+                   help="split whose queries are reworded")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--styles", default=",".join(PARAPHRASE_STYLES), metavar="S1,S2",
+                   help=f"comma-separated styles (default: all: {', '.join(PARAPHRASE_STYLES)})")
+    p.add_argument("--max", type=int, default=900, metavar="N",
+                   help="queries sampled with --seed (default: 900; 0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--train-words", action="store_true",
+                   help="use the training family of frames and synonyms instead of the "
+                        "held-out one")
+    p.set_defaults(handler=_run_data_paraphrase)
 
 
 def _run_data_synth(args) -> int:
@@ -159,6 +184,17 @@ def _run_data_show(args) -> int:
         raise SpatialocError(f"--cells must be at least 1, got {args.cells}")
     path = show_scene(args.dir, args.scene, args.out, max_cells=args.cells)
     print(path)
+    return EXIT_OK
+
+
+def _run_data_paraphrase(args) -> int:
+    from .data.paraphrase import write_query_sets
+
+    written = write_query_sets(args.data, args.split, args.out, args.styles.split(","),
+                               max_queries=args.max, seed=args.seed,
+                               held_out=not args.train_words)
+    for path, count in written:
+        print(f"{path}: {count} queries")
     return EXIT_OK
 
 

@@ -25,8 +25,8 @@ import torch
 from .core.covariance import (hypothesis_variance, informative_scores, published_covariance,
                               sigma_radius_m)
 from .networks.outputs import CoarseOutputs
-from .core.query_text import (DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS, check_hints, check_text,
-                              recognised_hints)
+from .core.language import LanguageFrontEnd, Reading, Understanding, read_texts
+from .core.query_text import DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS, check_text
 
 MAX_CACHED_SENTENCES = 50_000  # the in-memory token cache starts over beyond this
 
@@ -62,8 +62,15 @@ class Localization:
     hints: List[str]
     hypotheses: List[Hypothesis]
     covariance_xy: np.ndarray  # [2, 2] m² about the best position: fine variance + retrieval doubt
-    recognised_hints: int  # sentences that name a known class or colour
+    recognised_hints: int  # hints the language front end understood
     timing_ms: Dict[str, float] = field(default_factory=dict)
+    # what the front end understood, clause by clause (:mod:`.core.language`)
+    understanding: Optional[Understanding] = None
+
+    @property
+    def understood(self) -> float:
+        """Share of the description understood (0..1); it widens the published covariance."""
+        return self.understanding.understood if self.understanding is not None else 1.0
 
     @property
     def best(self) -> Hypothesis:
@@ -76,6 +83,9 @@ class Localization:
 
     def to_json(self) -> dict:
         return {"text": self.text, "hints": self.hints, "recognised_hints": self.recognised_hints,
+                "understood": self.understood,
+                "clauses": ([] if self.understanding is None
+                            else self.understanding.to_json()["clauses"]),
                 "position": [float(v) for v in self.best.position],
                 "covariance_xy": self.covariance_xy.tolist(), "sigma_m": self.sigma_m,
                 "hypotheses": [h.to_json() for h in self.hypotheses], "timing_ms": self.timing_ms}
@@ -144,6 +154,7 @@ class Localizer:
         self.calibration = replace(self.weights.calibration)
         self.retriever = make_retriever(retriever, self.coarse.gallery, self.weights.score_terms)
         self.text = TextCache(self.weights.text_encoder())
+        self.language = LanguageFrontEnd(self.text.encoder)
         self.ground = GroundHeights()
         self.cells = [self.map.cells_by_id[i] for i in self.coarse.gallery.ids]  # gallery order
         self._cell_size = torch.tensor([c.cell_size for c in self.cells], dtype=torch.float64)
@@ -162,20 +173,23 @@ class Localizer:
 
     def localize(self, text, top_k: Optional[int] = None) -> Localization:
         """Hypotheses for one description, best first; raises QueryRejected for unusable text."""
-        from .networks.text_encoder import split_sentences
-
         t0 = time.perf_counter()
         text = check_text(text, self.max_chars)
-        hints = check_hints(split_sentences(text), self.max_hints)
-        self.encode_sentences(hints)
+        reading = self.read([text])[0]
+        t_lang = time.perf_counter()
+        self.encode_sentences(reading.hints)
         t1 = time.perf_counter()
-        timing = {"text": 1e3 * (t1 - t0)}
-        cand = self.candidates([hints], top_k or self.top_k, timing)
-        known = recognised_hints(hints)
-        informative = torch.tensor([known / len(hints)])
+        timing = {"language": 1e3 * (t_lang - t0), "text": 1e3 * (t1 - t0)}
+        cand = self.candidates([reading.hints], top_k or self.top_k, timing)
+        informative = torch.tensor([reading.informative])
         hyps, cov = self.hypotheses(self.consensus(cand, informative), informative)[0]
         timing["total"] = 1e3 * (time.perf_counter() - t0)
-        return Localization(text, hints, hyps, cov, known, timing)
+        return Localization(text, reading.hints, hyps, cov, len(reading.understanding.used),
+                            timing, reading.understanding)
+
+    def read(self, texts: Sequence[str]) -> List[Reading]:
+        """The language front end's hints for each text (:func:`.core.language.read_texts`)."""
+        return read_texts(self.language, texts, self.max_hints)
 
     def encode_sentences(self, sentences: Sequence[str]) -> None:
         """Token embeddings of sentences not seen before (the cache is bounded)."""

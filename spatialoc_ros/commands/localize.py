@@ -9,7 +9,7 @@ def add_localize_command(commands) -> None:
                             description="Retrieve the top-k cells of a map for a description, "
                                         "refine each with the fine stage and print the "
                                         "hypotheses, best first, with their covariances.")
-    p.add_argument("--map", required=True, metavar="DIR", help="KITTI360Pose folder (the map)")
+    p.add_argument("--map", required=True, metavar="DIR", help="map folder: KITTI360Pose or built")
     p.add_argument("--text", required=True,
                    help='the description, e.g. "The pose is north of a gray building."')
     p.add_argument("--weights", default="models", metavar="DIR",
@@ -20,6 +20,8 @@ def add_localize_command(commands) -> None:
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="cache folder (default MAP/.spatialoc_cache)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--explain", action="store_true",
+                   help="print each clause with the hint it became, or why it was left out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_localize)
 
@@ -38,6 +40,9 @@ def _run_localize(args) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
+    if args.explain and result.understanding is not None:
+        print("understood:")
+        print(result.understanding.explain())
     print(format_localization(result))
     return 0
 
@@ -45,8 +50,8 @@ def _run_localize(args) -> int:
 def format_localization(result) -> str:
     """The hypotheses as a small table, then the published position and timing."""
     best = result.best
-    lines = [f"{len(result.hints)} sentences ({result.recognised_hints} name a known class or "
-             "colour)",
+    lines = [f"{result.recognised_hints} hints understood (share {result.understood:.2f}; "
+             "--explain shows each clause)",
              f"{'rank':>4}  {'cell':<12} {'score':>7}  {'x':>10} {'y':>10} {'z':>7}  "
              f"{'sigma m':>8}  {'cells':>5}"]
     for h in result.hypotheses:

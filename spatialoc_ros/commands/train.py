@@ -91,6 +91,11 @@ def _add_coarse(sub) -> None:
                    help="train on a random subset (0 = all)")
     p.add_argument("--max-val-queries", type=int, default=0,
                    help="validate on a random subset (0 = all)")
+    p.add_argument("--language-aug", type=float, default=0.5, metavar="P",
+                   help="share of training queries said again in other words by the paraphrase "
+                        "generator and read back by the language front end (0 = templates only)")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from this weights folder's STAGE.safetensors (fine-tuning)")
     p.set_defaults(handler=_run_coarse)
 
 
@@ -117,7 +122,8 @@ def _run_coarse(args) -> int:
                             device=args.device, text_encoder=args.text_encoder,
                             pointnet=args.pointnet, cache=args.cache, losses=losses,
                             global_terms=terms, max_train_queries=args.max_train_queries,
-                            max_val_queries=args.max_val_queries, model=model)
+                            max_val_queries=args.max_val_queries, model=model,
+                            language_aug=args.language_aug, init=args.init)
     state = train_coarse(cfg, progress=not args.quiet)
     print(json.dumps({"best_val_recall_at_" + cfg.select: state["best"],
                       "epochs": state["epoch"], "weights": f"{args.out}/coarse.safetensors"}))
@@ -153,6 +159,11 @@ def _add_fine(sub) -> None:
                    help="train on a random subset (0 = all)")
     p.add_argument("--max-val-queries", type=int, default=0,
                    help="validate on a random subset (0 = all)")
+    p.add_argument("--language-aug", type=float, default=0.5, metavar="P",
+                   help="share of training queries said again in other words by the paraphrase "
+                        "generator and read back by the language front end (0 = templates only)")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from this weights folder's STAGE.safetensors (fine-tuning)")
     p.set_defaults(handler=_run_fine)
 
 
@@ -166,7 +177,8 @@ def _run_fine(args) -> int:
                           pmc_prob=args.pmc_prob, seed=args.seed, device=args.device,
                           text_encoder=args.text_encoder, pointnet=args.pointnet,
                           cache=args.cache, max_train_queries=args.max_train_queries,
-                          max_val_queries=args.max_val_queries, model=model)
+                          max_val_queries=args.max_val_queries, model=model,
+                          language_aug=args.language_aug, init=args.init)
     state = train_fine(cfg, progress=not args.quiet)
     print(json.dumps({"best_val_mean_error_m": state["best"], "epochs": state["epoch"],
                       "weights": f"{args.out}/fine.safetensors"}))

@@ -27,6 +27,10 @@ class Query:
     scene: Optional[str]  # short scene name (None: the map's only scene)
     pose_w: np.ndarray
     cell_id: Optional[str] = None
+    text: str = ""  # as written or heard; the language front end reads it (empty: the hints)
+
+    def __post_init__(self):
+        self.text = self.text or " ".join(self.hints)
 
 
 def read_queries(path) -> List[Query]:
@@ -54,7 +58,7 @@ def read_queries(path) -> List[Query]:
             raise SpatialocError(f"{path}:{n}: not a query ({exc})") from None
         if not hints:
             raise SpatialocError(f"{path}:{n}: empty text")
-        queries.append(Query(hints, scene, pose_w, d.get("cell_id")))
+        queries.append(Query(hints, scene, pose_w, d.get("cell_id"), d["text"]))
     if not queries:
         raise SpatialocError(f"{path}: no queries")
     return queries
@@ -184,11 +188,17 @@ def _retrieval(data, split, data_split, weights, queries, gt, cache, device, pro
     from ..core.retrieval import rank_cells, retrieval_metrics
     from ..core.coarse_stage import load_coarse_stage
 
+    from ..core.language import LanguageFrontEnd, canonical_sentences, read_texts
+    from ..core.query_text import DEFAULT_MAX_HINTS
+
     dev = pick_device(device)
-    stage = load_coarse_stage(weights, data, split, data_split.cells, [q.hints for q in queries],
+    stage = load_coarse_stage(weights, data, split, data_split.cells, [canonical_sentences()],
                               cache=cache, device=dev, progress=progress)
-    encoded = encode_queries(stage.model, stage.text, [q.hints for q in queries], device=dev,
-                             progress=progress)
+    readings = read_texts(LanguageFrontEnd(stage.text.encoder), [q.text for q in queries],
+                          DEFAULT_MAX_HINTS)
+    hint_lists = [r.hints for r in readings]
+    stage.text.add(sorted({s for h in hint_lists for s in h}))
+    encoded = encode_queries(stage.model, stage.text, hint_lists, device=dev, progress=progress)
     top = rank_cells(encoded, stage.gallery.descriptors, stage.score_terms, k=max(CURVE_KS))
     gt_rows = stage.gallery.rows(gt)
     return {"gallery_cells": len(stage.gallery),
@@ -209,16 +219,17 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     from ..core.covariance import informative_scores, published_covariance
     from ..core.weights import CALIBRATION_FILE
     from ..inference import Candidates
-    from ..core.query_text import recognised_hints
     from ..core.retrieval import retrieval_metrics
     from .localization import (calibration_report, candidate_errors, fit_calibration,
                                localization_recall)
 
-    loc.encode_sentences(sorted({s for q in queries for s in q.hints}))
+    readings = loc.read([q.text for q in queries])  # the language front end, as in localize()
+    hint_lists = [r.hints for r in readings]
+    loc.encode_sentences(sorted({s for h in hint_lists for s in h}))
     parts = []
     for start in tqdm(range(0, len(queries), 64), desc="queries", unit="batch",
                       disable=not progress):
-        parts.append(loc.candidates([q.hints for q in queries[start:start + 64]], max(CURVE_KS)))
+        parts.append(loc.candidates(hint_lists[start:start + 64], max(CURVE_KS)))
     cand = Candidates(*(torch.cat([getattr(c, n) for c in parts])
                         for n in ("rows", "scores", "positions", "precision", "cell_size")))
     cand.scores, cand.precision = cand.scores.double(), cand.precision.double()
@@ -240,7 +251,8 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
         out["retrieval_recall_curve"] = retrieval_metrics(cand.rows, gt_rows, CURVE_KS)
     out["localization_recall"] = localization_recall(errors)
     out["score_terms"] = list(loc.coarse.score_terms)
-    informative = torch.tensor([recognised_hints(q.hints) / len(q.hints) for q in queries])
+    informative = torch.tensor([r.informative for r in readings], dtype=torch.float64)
+    out["understood"] = float(informative.mean())
     weighted = informative_scores(cand.scores, informative)  # what the published answer uses
     if fit:
         beta, bandwidth, _ = fit_consensus(cand.positions, weighted, loc.scene_index[cand.rows],

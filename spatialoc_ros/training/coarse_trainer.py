@@ -16,6 +16,7 @@ features per cell (:mod:`.cell_bank`).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -25,6 +26,7 @@ import torch
 from ..errors import SpatialocError
 from ..networks.coarse import CoarseConfig, CoarseModel
 from .losses import coarse_loss
+from .language_aug import LanguageAugmentation
 from .queries import augment, flip_sentence, size_grouped_batches
 from .loop import fit
 from .runtime import copy_pointnet, start_run
@@ -55,6 +57,9 @@ class CoarseTrainConfig:
     max_train_queries: int = 0  # 0 = all; otherwise a fixed random subset (quick runs, tests)
     max_val_queries: int = 0
     select: str = "5"  # validation recall@k used to pick the best epoch
+    # share of training queries said again in other words (training/language_aug.py)
+    language_aug: float = 0.5
+    init: Optional[str] = None  # a weights folder whose coarse.* the model starts from
     model: CoarseConfig = field(default_factory=CoarseConfig)
 
     @property
@@ -65,7 +70,7 @@ class CoarseTrainConfig:
 
 
 def _sentences_with_flips(hint_lists) -> List[str]:
-    base = {s for h in hint_lists for s in h}
+    base = {s for h in hint_lists for s in h} | set(LanguageAugmentation.sentences())
     flips = {flip_sentence(flip_sentence(s, 0), 1) for s in base}
     flips |= {flip_sentence(s, 0) for s in base} | {flip_sentence(s, 1) for s in base}
     return sorted(base | flips)
@@ -77,7 +82,7 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
 
     from ..core.encoding import encode_gallery, encode_queries
     from ..core.retrieval import rank_cells, retrieval_metrics
-    from ..networks.checkpoint import save_checkpoint
+    from ..networks.checkpoint import load_checkpoint, save_checkpoint
     from .run_data import load_run_data, standardise_counts
 
     unknown = set(cfg.losses) - set(LOSS_TERMS)
@@ -106,6 +111,10 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
     model = CoarseModel(cfg.model)
     # the point-count stream, with the training objects' statistics
     standardise_counts(model, banks["train"])
+    if cfg.init:
+        load_checkpoint(model, Path(cfg.init) / "coarse")
+        model.train()
+    reword = LanguageAugmentation(train.poses, cache.encoder, cfg.language_aug)
     model = model.to(device)
     ddp = dist.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -124,8 +133,8 @@ def train_coarse(cfg: CoarseTrainConfig, progress: bool = True) -> Dict:
         t0, running = time.perf_counter(), []
         for ids in bar:
             flip_x, flip_y = rng.random(len(ids)) < 0.5, rng.random(len(ids)) < 0.5
-            hints = [augment(train_hints[i], rng, fx, fy)
-                     for i, fx, fy in zip(ids, flip_x, flip_y)]
+            hints = [augment(h, rng, fx, fy) for h, fx, fy in
+                     zip(reword(ids, [train_hints[i] for i in ids], rng), flip_x, flip_y)]
             text = {k: v.to(device) for k, v in text_batch(cache, hints).items()}
             cells = banks["train"].batch(torch.from_numpy(train_rows[ids]),
                                          torch.from_numpy(flip_x), torch.from_numpy(flip_y))

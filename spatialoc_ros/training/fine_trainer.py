@@ -25,6 +25,7 @@ coarse trainer, built with the same arguments, so both stages share one cache.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
@@ -34,6 +35,7 @@ import torch
 from ..errors import SpatialocError
 from ..networks.ugfl import FineConfig, FineModel
 from .fine_losses import fine_loss
+from .language_aug import LanguageAugmentation
 from .queries import augment, size_grouped_batches
 from .loop import fit
 from .runtime import copy_pointnet, start_run
@@ -63,6 +65,9 @@ class FineTrainConfig:
     cache: Optional[str] = None
     max_train_queries: int = 0  # 0 = all; otherwise a fixed random subset (quick runs, tests)
     max_val_queries: int = 0
+    # share of training queries said again in other words (training/language_aug.py)
+    language_aug: float = 0.5
+    init: Optional[str] = None  # a weights folder whose fine.* the model starts from
     model: FineConfig = field(default_factory=FineConfig)
 
     def check(self) -> None:
@@ -182,7 +187,7 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
     """Train, validate every epoch, keep the best (:func:`.loop.fit`); returns the run state."""
     from tqdm import tqdm
 
-    from ..networks.checkpoint import save_checkpoint
+    from ..networks.checkpoint import load_checkpoint, save_checkpoint
     from .run_data import load_run_data, standardise_counts
 
     cfg.check()
@@ -191,7 +196,7 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
 
     run = load_run_data(cfg.data, cfg.cache, cfg.pointnet, cfg.text_encoder, cfg.model.max_objects,
                         cfg.seed, rng, cfg.max_train_queries, cfg.max_val_queries,
-                        progress=progress)
+                        lambda hints: LanguageAugmentation.sentences(), progress=progress)
     train, val, train_hints, val_hints = run.train, run.val, run.train_hints, run.val_hints
     train_ids, val_ids, banks, cache = run.train_ids, run.val_ids, run.banks, run.text
     pointnet_info = run.pointnet_info
@@ -212,6 +217,10 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
 
     model = FineModel(cfg.model)
     standardise_counts(model, banks["train"])
+    if cfg.init:
+        load_checkpoint(model, Path(cfg.init) / "fine")
+        model.train()
+    reword = LanguageAugmentation(train.poses, cache.encoder, cfg.language_aug)
     model = model.to(device)
     ddp = dist.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_at(1))
@@ -242,7 +251,8 @@ def train_fine(cfg: FineTrainConfig, progress: bool = True) -> Dict:
             target = np.stack([cell_target(train.cells_by_id[c], train.poses[i].pose_w)
                                for i, c in zip(ids, cell_ids)])
             target = torch.from_numpy(target).to(device)
-            hints = [augment(train_hints[i], rng, False, False) for i in ids]
+            hints = [augment(h, rng, False, False)
+                     for h in reword(ids, [train_hints[i] for i in ids], rng)]
             text = {k: v.to(device) for k, v in text_batch(cache, hints).items()}
             cells = banks["train"].batch(torch.tensor([train_row[c] for c in cell_ids]))
             if cfg.shuffle_objects:
