@@ -41,7 +41,7 @@ def test_hypotheses_best_first_with_valid_covariances(localizer):
     assert (np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0
             and np.isfinite(cov).all())
     assert (result.recognised_hints == 2
-            and set(result.timing_ms) == {"text", "coarse", "fine", "total"})
+            and set(result.timing_ms) == {"language", "text", "coarse", "fine", "total"})
     doc = json.loads(json.dumps(result.to_json()))
     assert {"hypotheses", "timing_ms", "position", "covariance_xy"} <= set(doc)
     assert ({"cell_id", "score", "position", "covariance_xy", "precision"}
@@ -102,12 +102,16 @@ def test_bad_text_is_refused_and_unknown_words_widen_the_ellipse(localizer, tiny
                 == consensus.get("consensus_bandwidth_m", 0.0))
         good = localizer.localize(GOOD)
         vague = localizer.localize("Lorem ipsum dolor sit amet. Consectetur adipiscing elit.")
+        # the same two hints, said among clauses the front end cannot use
+        half = localizer.localize(GOOD + " A pole is behind me. The weather is nice.")
     finally:
         (tiny_weights / CALIBRATION_FILE).unlink()
         localizer.calibration = __import__("spatialoc_ros.core.covariance",
                                            fromlist=["x"]).Calibration()
     assert vague.recognised_hints == 0 and len(vague.hypotheses) == 5
     assert vague.sigma_m > 2 * good.sigma_m
+    assert half.hints == good.hints and half.understood == 0.5 and good.understood == 1.0
+    assert good.sigma_m < half.sigma_m
 
 
 def test_localize_cli_json_and_one_line_errors(tiny_dataset, tiny_weights, capsys):

@@ -154,8 +154,30 @@ def test_rejection_statuses_map_to_message_constants():
 
 def test_low_confidence_when_nothing_is_recognised_or_the_ellipse_is_wide():
     assert confidence(localization(), max_sigma_m=20.0) is None
-    assert "names a class" in confidence(localization(recognised=0), 20.0)
+    assert "names a direction and a class" in confidence(localization(recognised=0), 20.0)
     assert "exceeds" in confidence(localization(cov=[[900.0, 0.0], [0.0, 900.0]]), 20.0)
+
+
+def test_low_confidence_when_little_of_the_text_is_understood_and_the_result_says_what():
+    from spatialoc_ros.core.language import LanguageFrontEnd
+    from spatialoc_ros.ros.conversions import result_msg
+
+    text = "I'm north of a grey building. A pole is behind me. Nice weather today."
+    loc = localization()
+    loc.understanding = LanguageFrontEnd().understand(text)
+    assert loc.understood == pytest.approx(1 / 3)
+    assert "understood 1 of 3 clauses" in confidence(loc, 20.0, min_understood=0.5)
+    assert confidence(loc, 20.0, min_understood=0.3) is None
+    msg = result_msg(header(), text, LocalizationResult.STATUS_LOW_CONFIDENCE, "x", loc)
+    back = deserialize_message(serialize_message(msg), LocalizationResult)
+    assert back.understood_share == pytest.approx(1 / 3)
+    assert [c.used for c in back.understood] == [True, False, False]
+    first = back.understood[0]
+    assert (first.hint, first.direction, first.colour, first.label) == (
+        "The pose is north of a gray building.", "north", "gray", "building")
+    assert "heading" in back.understood[1].reason and back.understood[1].confidence == 0.0
+    query = [m for m in localization_markers(loc, CELLS, header()).markers if m.ns == "query"]
+    assert "north of gray building" in query[0].text and "understood (33%)" in query[0].text
 
 
 # --- markers ----------------------------------------------------------------------------------

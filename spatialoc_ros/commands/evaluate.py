@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def add_eval_command(commands) -> None:
@@ -115,7 +116,9 @@ def _tabulate(reports, args) -> int:
     """The table (and plot) of saved reports, labelled by the weights each was computed with."""
     from ..evaluation.evaluate import format_table
 
-    labels = [r.get("weights", f"report {i + 1}") for i, r in enumerate(reports)]
+    labels = [r.get("weights", f"report {i + 1}")
+              + (f": {Path(r['queries']).stem}" if r.get("queries") else "")
+              for i, r in enumerate(reports)]
     if args.json:
         print(json.dumps(reports))
     else:

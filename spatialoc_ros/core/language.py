@@ -282,6 +282,10 @@ class LanguageFrontEnd:
 
     # --- public -------------------------------------------------------------------------------
 
+    def forget(self) -> None:
+        """Drop the cached encoder matches of words outside the lexicon (for timing)."""
+        self._phrase_cache.clear()
+
     def understand(self, text: str) -> Understanding:
         return self.understand_many([text])[0]
 

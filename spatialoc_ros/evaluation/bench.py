@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import SpatialocError
 
-STAGES = ("text", "coarse", "fine", "total")
+STAGES = ("language", "text", "coarse", "fine", "total")
 
 
 def summary(values: Sequence[float]) -> Dict[str, float]:
@@ -38,13 +38,14 @@ def peak_rss_mb() -> float:
 
 def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
               queries: int = 100, top_k: int = 10, device="cpu", rebuild: bool = False,
-              seed: int = 0, progress: bool = True) -> dict:
-    """Timing of one map (see the module docstring)."""
+              seed: int = 0, progress: bool = True,
+              texts: Optional[Sequence[str]] = None) -> dict:
+    """Timing of one map (see the module docstring); ``texts``: descriptions to time instead of
+    the map's recorded ones (e.g. a paraphrase set of ``spatialoc data paraphrase``)."""
     import torch
     from tqdm import tqdm
 
     from ..inference import Localizer
-    from ..networks.text_encoder import split_sentences
     from ..core.text_cache import TextCache
 
     out = {"map": str(map_dir), "top_k": top_k}
@@ -61,21 +62,23 @@ def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
     out["gallery_cells"] = loc.num_cells
     out["device"] = str(loc.device)
     rng = np.random.default_rng(seed)
-    poses = loc.map.poses
-    if not poses:
-        raise SpatialocError(f"{map_dir}: the map records no descriptions to time (bench uses a "
-                             "KITTI360Pose folder's own queries)")
-    picked = [poses[i] for i in rng.choice(len(poses), min(queries, len(poses)), replace=False)]
-    texts = [p.text for p in picked]
+    if texts is None:
+        poses = loc.map.poses
+        if not poses:
+            raise SpatialocError(f"{map_dir}: the map records no descriptions to time (pass "
+                                 "--texts FILE.jsonl)")
+        texts = [p.text for p in poses]
+    texts = [texts[i] for i in rng.choice(len(texts), min(queries, len(texts)), replace=False)]
     loc.localize(texts[0])  # first call pays one-time allocations
     timings: Dict[str, Dict[str, List[float]]] = {"cold": {s: [] for s in STAGES},
                                                   "warm": {s: [] for s in STAGES}}
     for mode in ("cold", "warm"):
         for text in tqdm(texts, desc=f"{mode} queries", disable=not progress):
-            if mode == "cold":
+            if mode == "cold":  # nothing cached: the sentences' embeddings, the words' matches
                 loc.text = TextCache(loc.text.encoder)
+                loc.language.forget()
             else:
-                loc.encode_sentences(split_sentences(text))
+                loc.encode_sentences(loc.read([text])[0].hints)
             result = loc.localize(text)
             for s in STAGES:
                 timings[mode][s].append(result.timing_ms[s])
@@ -97,7 +100,8 @@ def format_bench(report: dict) -> str:
                      f"({report['gallery_cells_per_s']:.1f} cells/s)")
     lines.append(f"{'ms per query':<22}{'median':>8}{'p95':>8}   "
                  f"{'cached text: median':>20}{'p95':>8}")
-    for name, key in (("text encoding", "text"), ("coarse scoring", "coarse"),
+    for name, key in (("language front end", "language"), ("text (incl. language)", "text"),
+                      ("coarse scoring", "coarse"),
                       ("fine (top-k)", "fine"), ("end to end", "end_to_end")):
         cold, warm = report[f"{key}_ms"], report[f"{key}_cached_ms"]
         lines.append(f"{name:<22}{cold['median']:8.1f}{cold['p95']:8.1f}   "

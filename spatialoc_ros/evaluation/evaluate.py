@@ -121,6 +121,8 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
     if fit_calibration and split != "val":
         raise SpatialocError("--fit-calibration fits on validation data: use --split val")
     report = {"split": split, "num_queries": len(queries), "weights": str(weights)}
+    if queries_file:
+        report["queries"] = str(queries_file)
     if (Path(weights) / "fine.safetensors").exists():
         from ..inference import Localizer
 
@@ -352,13 +354,24 @@ def format_table(reports: Sequence[dict], names: Sequence[str]) -> str:
     """A Markdown table of several reports' retrieval recall (and k = 1 localization recall when
     present)."""
     loc = all("localization_recall" in r for r in reports)
+    published = all("published_recall" in r for r in reports)
+    understood = all("understood" in r for r in reports)
     head = (["weights", "recall@1", "recall@3", "recall@5"]
-            + (["k=1 within 5/10/15 m"] if loc else []))
+            + (["k=1 within 5/10/15 m"] if loc else [])
+            + (["published k=1 within 5/10/15 m", "inside 1 / 2 sigma (%)"] if published else [])
+            + (["understood"] if understood else []))
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in zip(names, reports):
         cells = [name] + [f"{r['retrieval_recall'][k]:.3f}" for k in ("1", "3", "5")]
         if loc:
             cells.append(" / ".join(f"{r['localization_recall']['1'][e]:.3f}"
                                     for e in ("5", "10", "15")))
+        if published:
+            cells.append(" / ".join(f"{r['published_recall']['1'][e]:.3f}"
+                                    for e in ("5", "10", "15")))
+            cal = r["calibration"]
+            cells.append(f"{100 * cal['within_1sigma']:.1f} / {100 * cal['within_2sigma']:.1f}")
+        if understood:
+            cells.append(f"{r['understood']:.2f}")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -18,7 +18,7 @@ from typing import List, Optional
 import numpy as np
 from geometry_msgs.msg import PoseWithCovariance, PoseWithCovarianceStamped
 
-from spatialoc_ros.msg import Hypothesis, LocalizationResult
+from spatialoc_ros.msg import Hypothesis, LocalizationResult, UnderstoodClause
 
 MAX_COVARIANCE = 1e9  # nav2::validateMsg's bound on every covariance entry
 
@@ -88,7 +88,18 @@ def result_msg(header, query: str, status: int, reason: str = "", localization=N
                              latency_ms=float(latency_ms))
     if localization is not None:
         msg.hypotheses = [hypothesis_msg(h, yaw_variance) for h in localization.hypotheses]
+        msg.understood_share = float(localization.understood)
+        if localization.understanding is not None:
+            msg.understood = [clause_msg(c) for c in localization.understanding.clauses]
     return msg
+
+
+def clause_msg(clause) -> UnderstoodClause:
+    """One clause of :class:`~spatialoc_ros.core.language.Understanding` as a message."""
+    return UnderstoodClause(text=clause.text, used=clause.hint is not None,
+                            hint=clause.hint or "", direction=clause.direction or "",
+                            colour=clause.colour or "", label=clause.label or "",
+                            confidence=float(clause.confidence), reason=clause.reason)
 
 
 def status_code(name: str) -> int:
@@ -98,10 +109,17 @@ def status_code(name: str) -> int:
                        LocalizationResult.STATUS_INTERNAL_ERROR))
 
 
-def confidence(localization, max_sigma_m: float) -> Optional[str]:
+def confidence(localization, max_sigma_m: float, min_understood: float = 0.5) -> Optional[str]:
     """Why a localization is low-confidence (one line), or None when it is not."""
     if localization.recognised_hints == 0:
-        return "no sentence names a class or colour the map knows; the position is a guess"
+        return "nothing in the query names a direction and a class the map knows; the position " \
+               "is a guess"
+    understood = localization.understood
+    if understood < min_understood:
+        u = localization.understanding
+        used = f"{len(u.used)} of {len(u.clauses)} clauses" if u is not None else "part"
+        return (f"understood {used} (share {understood:.2f} < min_understood "
+                f"{min_understood:g}); the position may be wrong")
     sigma = localization.sigma_m
     if not math.isfinite(sigma) or sigma > max_sigma_m:
         return f"1-sigma radius {sigma:.1f} m exceeds low_confidence_sigma_m ({max_sigma_m:g} m)"

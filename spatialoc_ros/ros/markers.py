@@ -51,6 +51,10 @@ def ellipse_axes(cov_xy):
     return major, minor, math.atan2(vectors[1, 1], vectors[0, 1])
 
 
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS - 3] + "..."
+
+
 def named_classes(text: str, labels) -> set:
     """The labels among ``labels`` that occur as words in ``text`` (case-insensitive)."""
     lower = text.lower()
@@ -97,7 +101,7 @@ def localization_markers(localization, cells_by_id, header) -> MarkerArray:
 
     cell = cells_by_id.get(best.cell_id)
     if cell is not None:
-        named = named_classes(localization.text, {o.label for o in cell.objects})
+        named = named_classes(" ".join(localization.hints), {o.label for o in cell.objects})
         hinted = [o for o in cell.objects if o.label in named and len(o.xyz)]
         for i, obj in enumerate(hinted):
             pts = cell.to_world(obj.xyz)
@@ -118,10 +122,16 @@ def localization_markers(localization, cells_by_id, header) -> MarkerArray:
             markers.append(label)
 
     text = localization.text
+    understanding = getattr(localization, "understanding", None)
+    if understanding is not None and understanding.used:
+        # what the models read, one understood hint a line, under the words as heard
+        read = "\n".join(" ".join(w for w in (c.direction, "of", c.colour, c.label) if w)
+                         for c in understanding.used)
+        text = f"{_clip(text)}\nunderstood ({understanding.understood:.0%}):\n{read}"
     query = _marker(header, "query", 0, Marker.TEXT_VIEW_FACING,
                     ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0))
     query.pose.position = Point(x=x, y=y, z=z + TEXT_LIFT_M)
     query.scale.z = TEXT_HEIGHT_M
-    query.text = text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS - 3] + "..."
+    query.text = text if understanding is not None and understanding.used else _clip(text)
     markers.append(query)
     return MarkerArray(markers=markers)

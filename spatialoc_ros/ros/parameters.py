@@ -55,6 +55,9 @@ PARAMETERS: Tuple[Parameter, ...] = (
     Parameter("low_confidence_sigma_m", 20.0,
               "1-sigma radius (m) above which a localized query is reported as LOW_CONFIDENCE",
               range=(0.0, 1e9)),
+    Parameter("min_understood", 0.5,
+              "share of the query the language front end must understand (0..1); below it the "
+              "result is LOW_CONFIDENCE", range=(0.0, 1.0)),
     Parameter("publish_low_confidence_pose", True,
               "also publish the pose of LOW_CONFIDENCE results (its covariance shows the doubt)"),
     Parameter("max_query_chars", DEFAULT_MAX_CHARS,
@@ -100,6 +103,7 @@ class Settings:
     frame_id: str
     yaw_variance: float
     low_confidence_sigma_m: float
+    min_understood: float
     publish_low_confidence_pose: bool
     max_query_chars: int
     max_hints: int
