@@ -15,7 +15,7 @@ STAMPS := $(VENV)/.stamps
 MSG_BUILD := build/msgs
 MSG_FILES := $(wildcard msg/*.msg)
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
-APT_PACKAGES := libusb-1.0-0 cmake g++
+APT_PACKAGES := libusb-1.0-0 cmake g++ espeak-ng
 
 # pip's machine-wide configuration lists local package folders that do not
 # hold every project, and pip warns once per folder and project. Drop just
@@ -109,7 +109,8 @@ test: install
 	$(VPY) -m pytest test -q -p no:cacheprovider
 
 # The main job: the localizer node in its own process on the demo map (generated once;
-# .complete marks a finished run), queried over DDS by a speech-to-text stand-in.
+# .complete marks a finished run), queried over DDS by a speech-to-text stand-in and by
+# one description spoken with espeak-ng and transcribed offline with pocketsphinx.
 demo: install
 	@if [ ! -f $(DEMO_MAP)/.complete ]; then \
 	  rm -rf $(DEMO_MAP); \

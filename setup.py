@@ -38,6 +38,7 @@ setup(
         "console_scripts": [
             "spatialoc = spatialoc_ros.cli:main",
             "spatialoc-localizer = spatialoc_ros.ros.main:main",
+            "spatialoc-speech = spatialoc_ros.ros.speech_node:main",
         ],
     },
     zip_safe=False,

@@ -209,6 +209,7 @@ COMMANDS: List[Union[Registrar, str]] = [
     ".commands.localize:add_localize_command",
     ".commands.bench:add_bench_command",
     ".commands.map:add_map_command",
+    ".commands.speech:add_speech_commands",
 ]
 
 

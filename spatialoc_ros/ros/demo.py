@@ -6,11 +6,15 @@ speech-to-text node would.
    accumulated across messages.
 2. From this process, publish held-out descriptions of the map on ``query``:
    most as one message each, one as several utterances (two sentences per
-   message, like a speech-to-text node that publishes per pause).
-3. For each answer print the text, the best position ± 1 sigma, the ground
-   truth, the error in metres and the latency from the last utterance to the
-   pose; draw all of them on the map (prediction, 1- and 2-sigma ellipses,
-   ground truth) into a PNG.
+   message, like a speech-to-text node that publishes per pause), and the last
+   one spoken: said as a person would ("I'm north of a gray building and ..."),
+   synthesised with espeak-ng, transcribed offline with pocketsphinx, and the
+   transcript published as it was heard.
+3. For each answer print the text (and for the spoken one, what was heard and
+   its word error rate), the best position ± 1 sigma, the ground truth, the
+   error in metres and the latency from the last utterance to the pose; draw
+   all of them on the map (prediction, 1- and 2-sigma ellipses, ground truth)
+   into a PNG.
 
 Exit status 1 if the node did not answer every query, 2 if it did not start.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +39,7 @@ NODE = "spatialoc_localizer"
 NAMESPACE = "/spatialoc"
 # asked until the node answers it (it is then active)
 PROBE = "The pose is north of a gray building."
+SILENCE_TIMEOUT_S = 1.5  # the node closes a query without sentence ends after this silence
 
 
 @dataclass
@@ -99,7 +105,7 @@ def start_node(map_dir, weights, scene, params_file, env, log_path,
            "-p", f"map_path:={map_dir}", "-p", f"weights_dir:={weights}",
            "-p", f"scenes:=['{scene}']",
            "-p", f"accumulate:={'true' if accumulate else 'false'}",
-           "-p", "silence_timeout_s:=1.5",
+           "-p", f"silence_timeout_s:={SILENCE_TIMEOUT_S}",
            "-p", "max_hints:=6", "-r", f"__ns:={NAMESPACE}"]
     log = open(log_path, "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -215,13 +221,13 @@ class Client:
         return self.spin_until(lambda: self.pub.get_subscription_count() > 0, timeout_s)
 
     def ask(self, text: str, parts: List[str], timeout_s: float) -> Optional[Answer]:
-        """Send the utterances; the answer is the first new result for this text (whitespace
-        aside)."""
+        """Send the utterances; the answer is the first new result for this text (whitespace,
+        case and punctuation aside: accumulated utterances come back as sentences)."""
         seen = len(self.results)
-        key = " ".join(text.split())
+        key = _words(text)
 
         def answer():
-            return next((r for r in self.results[seen:] if " ".join(r.query.split()) == key), None)
+            return next((r for r in self.results[seen:] if _words(r.query) == key), None)
 
         for i, part in enumerate(parts):
             if i:
@@ -255,6 +261,10 @@ class Client:
         self.rclpy.shutdown()
 
 
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[\w'-]+", text.lower()))
+
+
 def _stamp(header) -> tuple:
     return header.stamp.sec, header.stamp.nanosec
 
@@ -274,18 +284,27 @@ def main(argv=None) -> int:
     p.add_argument("--domain-id", type=int, default=None,
                    help="DDS domain of the demo (default: a random one in 100-200, away from a "
                         "robot's)")
+    p.add_argument("--no-speech", action="store_true",
+                   help="send the last description as text too, not spoken")
     args = p.parse_args(argv)
 
     scene, poses = pick_queries(args.map, args.scene, args.queries, args.seed)
     log_path = Path(args.out).with_suffix(".node.log")
     print(f"starting the localizer node (map {args.map}, scene {scene}, weights {args.weights}); "
           f"its log: {log_path}")
+    speaker = None if args.no_speech else Speaker.start(Path(args.out).parent)
     answers: List[Optional[Answer]] = []
     try:
         with NodeSession(args.map, args.weights, scene, args.params_file, log_path, args.domain_id,
                          startup_timeout_s=args.startup_timeout) as (_, client, startup):
             print(f"node active after {startup:.1f} s\n")
             for i, pose in enumerate(poses):
+                if speaker is not None and i == len(poses) - 1:
+                    said, heard = speaker.say(pose.text)
+                    ans = client.ask(heard.text, [heard.text], 60.0)
+                    answers.append(ans)
+                    _print(i, pose, [heard.text], ans, said=said, heard=heard)
+                    continue
                 parts = utterances(pose.text, split=i == 1)
                 ans = client.ask(pose.text, parts, 60.0)
                 answers.append(ans)
@@ -305,11 +324,66 @@ def main(argv=None) -> int:
     return 0 if len(ok) == len(poses) else 1
 
 
-def _print(i, pose, parts, ans: Optional[Answer]) -> None:
-    how = f"as {len(parts)} utterances" if len(parts) > 1 else "as one message"
-    print(f"[{i + 1}] {pose.text}  ({how})")
+@dataclass
+class Heard:
+    """A spoken description as the recogniser heard it."""
+
+    text: str
+    word_error: float  # against what was said
+    audio_s: float
+    transcribe_s: float
+
+
+class Speaker:
+    """A person saying a description: espeak-ng speaks it, pocketsphinx transcribes it."""
+
+    def __init__(self, transcriber, wav_path: Path):
+        self.transcriber, self.wav_path = transcriber, wav_path
+
+    @classmethod
+    def start(cls, folder: Path) -> Optional["Speaker"]:
+        """A speaker, or None (and why, printed) when espeak-ng or pocketsphinx is missing."""
+        from ..errors import SpatialocError
+        from ..speech import Transcriber, espeak_path
+
+        try:
+            espeak_path()
+            transcriber = Transcriber()
+        except SpatialocError as exc:
+            print(f"no spoken query: {exc}; the last description goes as text")
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(transcriber, folder / "demo_spoken_query.wav")
+
+    def say(self, text: str):
+        """(what was said, :class:`Heard`) for a templated description."""
+        from ..speech import read_wav, spoken_description, synthesize, word_error_rate
+
+        said = spoken_description(text)
+        synthesize(said, self.wav_path)
+        samples, rate = read_wav(self.wav_path)
+        started = time.monotonic()
+        heard = self.transcriber.transcribe(samples, rate)
+        return said, Heard(heard, word_error_rate(said, heard), len(samples) / rate,
+                           time.monotonic() - started)
+
+
+def _print(i, pose, parts, ans: Optional[Answer], said: Optional[str] = None,
+           heard: Optional[Heard] = None) -> None:
+    if heard is not None:
+        print(f"[{i + 1}] {pose.text}  (spoken)")
+        print(f"    said  \"{said}\"  ({heard.audio_s:.1f} s of espeak-ng speech)")
+        print(f"    heard \"{heard.text}\"  (word error {100 * heard.word_error:.0f} %, "
+              f"pocketsphinx {heard.transcribe_s:.2f} s; published as one message, which the "
+              f"node closes after {SILENCE_TIMEOUT_S:g} s of silence)")
+    else:
+        how = f"as {len(parts)} utterances" if len(parts) > 1 else "as one message"
+        print(f"[{i + 1}] {pose.text}  ({how})")
     if ans is None:
         print("    no answer")
+        return
+    if not ans.hypotheses:  # refused, e.g. nothing was heard
+        print(f"    no pose (status {ans.status}: {ans.reason})")
         return
     truth = pose.pose_w[:2]
     best = ans.best.position
