@@ -323,9 +323,27 @@ def test_bad_input_gets_a_status_and_no_pose_and_the_node_goes_on(localizer_node
     probe.send(german)
     result = probe.result_for(german)
     assert (result.status == LocalizationResult.STATUS_LOW_CONFIDENCE
-            and "names a class" in result.reason)
-    assert len(result.hypotheses) == TOP_K
+            and "names a direction and a class" in result.reason)
+    assert len(result.hypotheses) == TOP_K and result.understood_share == 0.0
+    assert result.understood and not any(c.used for c in result.understood)
     check_pose_covariance(probe.pose_for(result).pose.covariance, YAW_VARIANCE)
+
+    # Words at random, a description of nothing in the map, one clause understood among many
+    # that are not, one very long clause, and more clauses than the node reads
+    vague = ["banana keyboard sunshine river table cloud",
+             "I'm north of a spaceship and east of a dragon",
+             "I'm north of a grey building, a pole is behind me, it is sunny, I like music",
+             "I am north of a " + "very " * 300 + "grey building",
+             " ".join(["I'm north of a pole."] * 40)]
+    for text in vague:
+        probe.send(text)
+    statuses = [probe.result_for(t) for t in vague]
+    low, ok = LocalizationResult.STATUS_LOW_CONFIDENCE, LocalizationResult.STATUS_OK
+    assert [r.status for r in statuses[:3]] == [low] * 3 and statuses[3].status in (ok, low)
+    assert statuses[4].status == LocalizationResult.STATUS_QUERY_TOO_LONG
+    assert "understood 1 of 4 clauses" in statuses[2].reason
+    assert [c.used for c in statuses[2].understood] == [True, False, False, False]
+    assert statuses[3].understood[0].hint == "The pose is north of a gray building."
 
     after = GOOD + " The pose is west of a black pole."
     probe.send(after)
