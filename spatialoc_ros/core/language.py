@@ -40,6 +40,10 @@ from ..data.constants import CLASS_NAMES, COLOR_NAMES
 MAX_CLAUSES = 36  # a description of more than this many clauses is rejected as too long
 ENCODER_MIN_SIMILARITY = 0.62  # cosine of pooled MiniLM embeddings; below: not this class
 ENCODER_MIN_MARGIN = 0.04  # over the runner-up class
+# colour words are matched as "a {word} colour"; adjectives that are no colour ("painted",
+# "shiny") reach 0.70 against some colour, real colour words ("cement", "pitch-black") 0.75+
+COLOUR_MIN_SIMILARITY = 0.75
+COLOUR_MIN_MARGIN = 0.03
 COLOURS = sorted(set(COLOR_NAMES))
 
 _OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east",
@@ -256,12 +260,18 @@ def _singular(word: str) -> str:
 
 
 def _lookup(words: Sequence[str], start: int) -> Tuple[int, Optional[tuple]]:
-    """The longest lexicon phrase at ``start``: (its length, (kind, name)) or (0, None)."""
+    """The longest lexicon phrase at ``start``: (its length, (kind, name)) or (0, None).
+
+    A hyphenated word not in the lexicon whose last part is a colour ("grass-green",
+    "pitch-black") is that colour: the head names the hue, the rest refines it."""
     for n in range(min(_LONGEST, len(words) - start), 0, -1):
         span = words[start:start + n]
         for key in (tuple(span), tuple(span[:-1]) + (_singular(span[-1]),)):
             if key in _TABLE:
                 return n, _TABLE[key]
+    head = words[start].rsplit("-", 1)[-1] if start < len(words) else ""
+    if head != words[start] and _TABLE.get((head,), ("",))[0] == "colour":
+        return 1, _TABLE[(head,)]
     return 0, None
 
 
@@ -279,12 +289,15 @@ class LanguageFrontEnd:
         self.encoder = encoder
         self._prototypes = None  # ([P, Dt] unit vectors, class of each row)
         self._phrase_cache: Dict[str, Tuple[Optional[str], float, float]] = {}
+        self._colour_prototypes = None
+        self._colour_cache: Dict[str, Tuple[Optional[str], float]] = {}
 
     # --- public -------------------------------------------------------------------------------
 
     def forget(self) -> None:
         """Drop the cached encoder matches of words outside the lexicon (for timing)."""
         self._phrase_cache.clear()
+        self._colour_cache.clear()
 
     def understand(self, text: str) -> Understanding:
         return self.understand_many([text])[0]
@@ -301,6 +314,10 @@ class LanguageFrontEnd:
         pending = [c for u in out for c in u.clauses if c.reason == "?encoder"]
         if pending:
             self._match_by_encoder(pending)
+        uncoloured = [c for u in out for c in u.clauses
+                      if c.hint is not None and c.colour is None and c.unknown]
+        if uncoloured:
+            self._match_colours(uncoloured)
         for c in pending:
             if c.reason == "?encoder":
                 c.reason = f'"{c.unknown}" names nothing the map knows'
@@ -346,6 +363,8 @@ class LanguageFrontEnd:
                 f"also names {', '.join(extra)}: used the first"
         clause.matched_by = "lexicon"
         clause.hint = canonical_hint(direction, colour, label)
+        if colour is None and rest:
+            clause.unknown = rest  # perhaps a colour word: matched by the encoder
         return clause
 
     # --- the encoder's similarity -------------------------------------------------------------
@@ -379,6 +398,35 @@ class LanguageFrontEnd:
             c.confidence *= min(0.9, 0.5 + (sim - ENCODER_MIN_SIMILARITY) * 2.0)
             c.reason = f'"{c.unknown}" read as {label} (similarity {sim:.2f})'
             c.hint = canonical_hint(c.direction, c.colour, label)
+
+    def _match_colours(self, clauses: List[Clause]) -> None:
+        """A colour for hints whose words outside the lexicon include one ("emerald")."""
+        if self.encoder is None:
+            return
+        if self._colour_prototypes is None:
+            names = [(colour, w) for colour, words in COLOUR_WORDS.items() for w in words]
+            vecs = self.encoder.encode_pooled([f"a {w} colour" for _, w in names])
+            self._colour_prototypes = (vecs, [colour for colour, _ in names])
+        words = sorted({w for c in clauses for w in c.unknown.split()}
+                       - set(self._colour_cache))
+        if words:
+            vecs, colours = self._colour_prototypes
+            sims = self.encoder.encode_pooled([f"a {w} colour" for w in words]) @ vecs.T
+            for word, row in zip(words, sims):
+                best = {}
+                for s, colour in zip(row.tolist(), colours):
+                    best[colour] = max(best.get(colour, -1.0), s)
+                (c1, s1), (_, s2) = sorted(best.items(), key=lambda kv: -kv[1])[:2]
+                self._colour_cache[word] = (c1 if s1 >= COLOUR_MIN_SIMILARITY
+                                            and s1 - s2 >= COLOUR_MIN_MARGIN else None, s1)
+        for c in clauses:
+            found = [(self._colour_cache[w], w) for w in c.unknown.split()
+                     if self._colour_cache[w][0] is not None]
+            if found:
+                (colour, sim), word = max(found, key=lambda f: f[0][1])
+                c.colour, c.confidence = colour, 0.9 * c.confidence
+                c.reason = f'"{word}" read as {colour} (similarity {sim:.2f})'
+                c.hint = canonical_hint(c.direction, colour, c.label)
 
 
 @dataclass
@@ -446,7 +494,11 @@ def _fragments(text: str) -> List[_Fragment]:
                       or (w == "my" and nxt in ("location", "position", "pose")
                           and prev not in ("of", "from", "to"))
                       or (w == "the" and nxt == "pose" and prev not in ("of", "from", "to"))
-                      or w == "looking")
+                      or w == "looking"
+                      # a new noun phrase right after a finished one: "... on the meadow
+                      # a building is to my east", "... south of where i am a bin is ..."
+                      or (w in ("a", "an", "the", "some") and current
+                          and (prev in ("me", "us", "am", "are") or _ends_in_class(current))))
             if starts and current:
                 out.append(_Fragment(current, joined))
                 current, joined = [], ""
@@ -463,7 +515,13 @@ def _fragments(text: str) -> List[_Fragment]:
 _HEDGES = frozenset(["think", "guess", "believe", "reckon", "mean", "suppose", "suspect"])
 _RIGHT_BEFORE = frozenset(["on", "in", "at", "next", "by", "above", "under", "underneath",
                            "beneath", "below", "beside", "there", "here", "near", "atop",
-                           "outside", "inside", "over", "now", "where"])
+                           "outside", "inside", "over", "now", "where", "so", "okay", "ok",
+                           "well", "then", "and", "um", "uh", "i", "we"])
+
+
+def _ends_in_class(words: Sequence[str]) -> bool:
+    hit = _lookup(words, len(words) - 1)[1]
+    return hit is not None and hit[0] == "class"
 
 
 def _drop_fillers(words: List[str]) -> List[str]:
