@@ -182,7 +182,8 @@ class Localizer:
         timing = {"language": 1e3 * (t_lang - t0), "text": 1e3 * (t1 - t0)}
         cand = self.candidates([reading.hints], top_k or self.top_k, timing)
         informative = torch.tensor([reading.informative])
-        hyps, cov = self.hypotheses(self.consensus(cand, informative), informative)[0]
+        hyps, cov = self.hypotheses(self.consensus(cand, informative),
+                                    torch.tensor([reading.evidence]))[0]
         timing["total"] = 1e3 * (time.perf_counter() - t0)
         return Localization(text, reading.hints, hyps, cov, len(reading.understanding.used),
                             timing, reading.understanding)
@@ -235,7 +236,7 @@ class Localizer:
         """The candidates in the order of the calibration's consensus, the best at its mode.
 
         Unchanged (retrieval order, each cell's own position) without a fitted consensus.
-        ``informative`` [B]: the share of each query's sentences that name a known class or colour.
+        ``informative`` [B]: the share of each query the language front end understood.
         """
         from .core.consensus import consensus_order
 
@@ -251,7 +252,8 @@ class Localizer:
         """(own variance per hypothesis [B, K] in m², published covariance [B, 2, 2] about the
         best).
 
-        ``informative`` [B]: the share of each query's sentences that name a known class or colour.
+        ``informative`` [B]: how far to trust each query's scores (a
+        :attr:`~.core.language.Reading.evidence`: the share understood, fewer hints trusted less).
         """
         var = hypothesis_variance(cand.precision.double(), cand.cell_size, self.calibration.scale)
         cov = published_covariance(cand.cell_positions, cand.scores.double(),

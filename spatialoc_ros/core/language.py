@@ -35,7 +35,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..data.constants import CLASS_NAMES, COLOR_NAMES
+from ..data.constants import CLASS_NAMES, COLOR_NAMES, NUM_MENTIONED
 
 MAX_CLAUSES = 36  # a description of more than this many clauses is rejected as too long
 ENCODER_MIN_SIMILARITY = 0.62  # cosine of pooled MiniLM embeddings; below: not this class
@@ -435,7 +435,14 @@ class Reading:
 
     understanding: Understanding
     hints: List[str]
-    informative: float  # 0..1, scales the retrieval scores the published covariance is made of
+    informative: float  # 0..1, the share understood: scales the scores the consensus weighs
+
+    @property
+    def evidence(self) -> float:
+        """0..1, what the published covariance trusts: the share understood, times the share
+        of a full description's hints the models got (fewer hints match more places)."""
+        return self.informative * min(1.0, len(self.hints) / NUM_MENTIONED) \
+            if self.understanding.used else 0.0
 
 
 def read_texts(front_end: "LanguageFrontEnd", texts: Sequence[str],

@@ -254,6 +254,7 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     out["localization_recall"] = localization_recall(errors)
     out["score_terms"] = list(loc.coarse.score_terms)
     informative = torch.tensor([r.informative for r in readings], dtype=torch.float64)
+    evidence = torch.tensor([r.evidence for r in readings], dtype=torch.float64)
     out["understood"] = float(informative.mean())
     weighted = informative_scores(cand.scores, informative)  # what the published answer uses
     if fit:
@@ -265,7 +266,8 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     if fit:
         gallery = (f", gallery {loc.num_cells} cells with {', '.join(distractors)}"
                    if distractors else "")
-        cal, _ = fit_calibration(cand.positions, weighted, cand.precision, cand.cell_size, truth,
+        cal, _ = fit_calibration(cand.positions, informative_scores(cand.scores, evidence),
+                                 cand.precision, cand.cell_size, truth,
                                  fitted_on=f"{fitted_on}: {len(queries)} queries{gallery}",
                                  centre=ordered.positions[:, 0], consensus=(beta, bandwidth))
         path = Path(weights) / CALIBRATION_FILE
@@ -275,7 +277,7 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     published = errors_of(ordered)
     out["published_recall"] = localization_recall(published)
     cov = published_covariance(cand.positions, cand.scores, cand.precision, cand.cell_size,
-                               loc.calibration, informative, centre=ordered.positions[:, 0])
+                               loc.calibration, evidence, centre=ordered.positions[:, 0])
     out["calibration"] = calibration_report(truth - ordered.positions[:, 0], cov)
     out["calibration"].update(loc.calibration.to_dict())
     out["top1_error_m"] = {"median": float(errors[:, 0].clamp(max=1e9).median()),
