@@ -28,6 +28,8 @@ class Query:
     pose_w: np.ndarray
     cell_id: Optional[str] = None
     text: str = ""  # as written or heard; the language front end reads it (empty: the hints)
+    # [direction, colour, label] the text states (paraphrase sets): scores the front end
+    facts: Optional[list] = None
 
     def __post_init__(self):
         self.text = self.text or " ".join(self.hints)
@@ -58,7 +60,7 @@ def read_queries(path) -> List[Query]:
             raise SpatialocError(f"{path}:{n}: not a query ({exc})") from None
         if not hints:
             raise SpatialocError(f"{path}:{n}: empty text")
-        queries.append(Query(hints, scene, pose_w, d.get("cell_id"), d["text"]))
+        queries.append(Query(hints, scene, pose_w, d.get("cell_id"), d["text"], d.get("facts")))
     if not queries:
         raise SpatialocError(f"{path}: no queries")
     return queries
@@ -256,6 +258,8 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     informative = torch.tensor([r.informative for r in readings], dtype=torch.float64)
     evidence = torch.tensor([r.evidence for r in readings], dtype=torch.float64)
     out["understood"] = float(informative.mean())
+    if all(q.facts is not None for q in queries):
+        out["language"] = _facts_read(queries, readings)
     weighted = informative_scores(cand.scores, informative)  # what the published answer uses
     if fit:
         beta, bandwidth, _ = fit_consensus(cand.positions, weighted, loc.scene_index[cand.rows],
@@ -285,6 +289,21 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     if show:
         out["pictures"] = _draw(loc, queries, show, show_dir or "out/eval")
     return out
+
+
+def _facts_read(queries, readings) -> dict:
+    """How many of the stated facts the front end read back, and how many it added wrongly."""
+    from collections import Counter
+
+    stated = read = wrong = 0
+    for q, r in zip(queries, readings):
+        want = Counter(tuple(f) for f in q.facts)
+        got = Counter((c.direction, c.colour, c.label) for c in r.understanding.used)
+        stated += sum(want.values())
+        read += sum((want & got).values())
+        wrong += sum((got - want).values())
+    return {"facts_stated": stated, "facts_read": read / max(1, stated),
+            "wrong_facts": wrong / max(1, stated)}
 
 
 def _draw(loc, queries, count: int, folder: str) -> List[str]:
