@@ -287,9 +287,10 @@ def test_valid_query_gets_pose_result_markers_and_map_cloud(localizer_node):
                           result.hypotheses[0].pose.pose.position.y)
     check_pose_covariance(pose.pose.covariance, YAW_VARIANCE)
 
-    probe.wait(lambda: any(m.markers and m.markers[-1].text == GOOD for m in probe.markers), 10,
-               "markers")
-    markers = next(m for m in probe.markers if m.markers[-1].text == GOOD).markers
+    # the query text, then what the front end understood of it
+    probe.wait(lambda: any(m.markers and m.markers[-1].text.startswith(GOOD + "\nunderstood")
+                           for m in probe.markers), 10, "markers")
+    markers = next(m for m in probe.markers if m.markers[-1].text.startswith(GOOD)).markers
     assert markers[0].action == Marker.DELETEALL
     assert (sum(m.ns == "cells" for m in markers) == TOP_K
             and sum(m.ns == "ellipse" for m in markers) == 1)
