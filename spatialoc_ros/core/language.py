@@ -373,20 +373,11 @@ class LanguageFrontEnd:
         if self.encoder is None:
             return
         if self._prototypes is None:
-            names = [(label, w) for label, words in CLASS_WORDS.items() for w in words]
-            vecs = self.encoder.encode_pooled([f"a {w}" for _, w in names])
-            self._prototypes = (vecs, [label for label, _ in names])
+            self._prototypes = self._table_vectors(CLASS_WORDS, "a {}")
         todo = sorted({c.unknown for c in clauses} - set(self._phrase_cache))
-        if todo:
-            vecs, labels = self._prototypes
-            sims = self.encoder.encode_pooled([f"a {p}" for p in todo]) @ vecs.T
-            for phrase, row in zip(todo, sims):
-                best = {}
-                for s, label in zip(row.tolist(), labels):
-                    best[label] = max(best.get(label, -1.0), s)
-                ranked = sorted(best.items(), key=lambda kv: -kv[1])
-                (l1, s1), (_, s2) = ranked[0], ranked[1]
-                self._phrase_cache[phrase] = (l1, s1, s1 - s2)
+        for phrase, ((l1, s1), (_, s2)) in zip(todo, self._ranked(todo, self._prototypes,
+                                                                  "a {}")):
+            self._phrase_cache[phrase] = (l1, s1, s1 - s2)
         for c in clauses:
             label, sim, margin = self._phrase_cache[c.unknown]
             if sim < ENCODER_MIN_SIMILARITY or margin < ENCODER_MIN_MARGIN:
@@ -399,26 +390,38 @@ class LanguageFrontEnd:
             c.reason = f'"{c.unknown}" read as {label} (similarity {sim:.2f})'
             c.hint = canonical_hint(c.direction, c.colour, label)
 
+    def _table_vectors(self, table: Dict[str, Tuple[str, ...]], frame: str):
+        """(pooled unit vectors of every word of a lexicon table, the name of each row)."""
+        pairs = [(name, w) for name, words in table.items() for w in words]
+        return self.encoder.encode_pooled([frame.format(w) for _, w in pairs]), \
+            [name for name, _ in pairs]
+
+    def _ranked(self, phrases: Sequence[str], prototypes, frame: str):
+        """Per phrase, the two names of a table with the best cosine similarity, best first."""
+        if not phrases:
+            return []
+        vecs, names = prototypes
+        sims = self.encoder.encode_pooled([frame.format(p) for p in phrases]) @ vecs.T
+        out = []
+        for row in sims.tolist():
+            best: Dict[str, float] = {}
+            for sim, name in zip(row, names):
+                best[name] = max(best.get(name, -1.0), sim)
+            out.append(sorted(best.items(), key=lambda kv: -kv[1])[:2])
+        return out
+
     def _match_colours(self, clauses: List[Clause]) -> None:
         """A colour for hints whose words outside the lexicon include one ("emerald")."""
         if self.encoder is None:
             return
         if self._colour_prototypes is None:
-            names = [(colour, w) for colour, words in COLOUR_WORDS.items() for w in words]
-            vecs = self.encoder.encode_pooled([f"a {w} colour" for _, w in names])
-            self._colour_prototypes = (vecs, [colour for colour, _ in names])
+            self._colour_prototypes = self._table_vectors(COLOUR_WORDS, "a {} colour")
         words = sorted({w for c in clauses for w in c.unknown.split()}
                        - set(self._colour_cache))
-        if words:
-            vecs, colours = self._colour_prototypes
-            sims = self.encoder.encode_pooled([f"a {w} colour" for w in words]) @ vecs.T
-            for word, row in zip(words, sims):
-                best = {}
-                for s, colour in zip(row.tolist(), colours):
-                    best[colour] = max(best.get(colour, -1.0), s)
-                (c1, s1), (_, s2) = sorted(best.items(), key=lambda kv: -kv[1])[:2]
-                self._colour_cache[word] = (c1 if s1 >= COLOUR_MIN_SIMILARITY
-                                            and s1 - s2 >= COLOUR_MIN_MARGIN else None, s1)
+        for word, ((c1, s1), (_, s2)) in zip(words, self._ranked(words, self._colour_prototypes,
+                                                                 "a {} colour")):
+            self._colour_cache[word] = (c1 if s1 >= COLOUR_MIN_SIMILARITY
+                                        and s1 - s2 >= COLOUR_MIN_MARGIN else None, s1)
         for c in clauses:
             found = [(self._colour_cache[w], w) for w in c.unknown.split()
                      if self._colour_cache[w][0] is not None]
