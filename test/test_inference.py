@@ -230,3 +230,44 @@ def test_bench_reports_every_stage_and_the_latency_over_dds(
     assert report["gallery_build_s"] > 0 and report["gallery_cells"] > 0
     dds = report["dds_query_to_pose_ms"]
     assert dds["n"] > 0 and dds["median"] > 0
+
+
+def test_bench_times_given_texts_and_the_language_front_end(tiny_dataset, tiny_weights,
+                                                            tmp_path, capsys):
+    texts = tmp_path / "said.jsonl"
+    said = ["um i'm north of a grey building and there's a pole to my east",
+            "I'm standing on the pavement. A green bin is south of me.",
+            "north of a dumpster"]  # a word the encoder has to match
+    texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in said))
+    assert main(["bench", "--map", str(tiny_dataset), "--weights", str(tiny_weights),
+                 "--texts", str(texts), "--queries", "3", "--top-k", "3", "--device", "cpu",
+                 "--no-dds", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    language, text = report["language_ms"], report["text_ms"]
+    assert language["n"] == 3 and 0 < language["median"] <= language["p95"]
+    assert language["median"] <= text["median"]  # the text stage includes the front end
+    texts.write_text("not json\n")
+    assert main(["bench", "--map", str(tiny_dataset), "--texts", str(texts)]) == 2
+    assert "not a JSONL file" in capsys.readouterr().err
+
+
+def test_eval_scores_the_front_end_on_queries_that_state_their_facts(tiny_dataset, tiny_weights,
+                                                                     tmp_path):
+    from spatialoc_ros.data.kitti360pose import load_split
+    from spatialoc_ros.data.paraphrase import facts_of, paraphrase_with_facts
+    from spatialoc_ros.evaluation.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for p in load_split(tiny_dataset, "val").poses[:4]:
+        said = paraphrase_with_facts(facts_of(p), "speech", rng, held_out=True)
+        lines.append(json.dumps({"text": said.text, "scene": p.scene, "pose_w": list(p.pose_w),
+                                 "facts": [list(f) for f in said.facts]}))
+    queries = tmp_path / "speech.jsonl"
+    queries.write_text("\n".join(lines) + "\n")
+    report = evaluate(str(tiny_dataset), "val", str(tiny_weights), queries_file=str(queries),
+                      cache=str(tiny_weights / "cache"), progress=False)
+    language = report["language"]
+    assert language["facts_stated"] == 24 and 0.5 < language["facts_read"] <= 1
+    assert 0 <= language["wrong_facts"] < 0.5 and 0 < report["understood"] <= 1
+    assert report["queries"] == str(queries)

@@ -121,3 +121,34 @@ def test_encoder_similarity_matches_words_outside_the_lexicon():
     assert 0 < first.confidence < 1  # less sure than a lexicon word
     assert second.hint is None and "not a class the map knows" in second.reason
     assert u.hints == [canonical_hint("north", "green", "trash bin")]
+
+
+def test_language_augmentation_rewords_a_share_of_the_training_queries():
+    from spatialoc_ros.data.schema import Hint, Pose
+    from spatialoc_ros.training.language_aug import LanguageAugmentation
+
+    rng = np.random.default_rng(0)
+    poses = []
+    for _ in range(40):
+        hints = [Hint(0, str(rng.choice(CLASS_NAMES)), np.zeros(3, np.float32),
+                      str(rng.choice(sorted(set(COLOR_NAMES)))), str(rng.choice(DIRECTIONS)),
+                      np.zeros(2), np.zeros(2), np.zeros(2), True) for _ in range(6)]
+        poses.append(Pose(np.zeros(3), np.zeros(3), "c", "0010", hints))
+    templates = [[h.text for h in p.hints] for p in poses]
+    ids = list(range(len(poses)))
+    assert LanguageAugmentation(poses, None, 0.0)(ids, templates, rng) == templates
+    out = LanguageAugmentation(poses, None, 1.0)(ids, templates, rng)
+    every = set(canonical_sentences())
+    assert all(set(h) <= every for h in out)  # only sentences the text caches hold
+    # three to six hints, some without their colour, all of them facts of the query
+    assert any(len(h) < 6 for h in out) and out != templates
+    read = stated = 0
+    for h, t in zip(out, templates):
+        assert 3 <= len(h) <= 6
+        labels = {FRONT.understand(s).used[0].label for s in t}
+        read += len(h)
+        stated += sum(FRONT.understand(s).used[0].label in labels for s in h)
+    # what the front end reads wrongly ("railing": fence, not guard rail) is part of the lesson
+    assert stated / read > 0.9
+    colourless = sum(FRONT.understand(s).used[0].colour is None for s in sum(out, []))
+    assert colourless > 0
