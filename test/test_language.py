@@ -152,3 +152,19 @@ def test_language_augmentation_rewords_a_share_of_the_training_queries():
     assert stated / read > 0.9
     colourless = sum(FRONT.understand(s).used[0].colour is None for s in sum(out, []))
     assert colourless > 0
+
+
+def test_the_encoder_match_caches_stay_bounded(monkeypatch):
+    import spatialoc_ros.core.language as language
+
+    class Encoder:  # one vector for everything: every class ties, so nothing is matched
+        def encode_pooled(self, sentences):
+            import torch
+
+            return torch.ones(len(sentences), 8) / 8 ** 0.5
+
+    monkeypatch.setattr(language, "MAX_CACHED_WORDS", 5)
+    front = LanguageFrontEnd(Encoder())
+    for i in range(20):
+        front.understand(f"I'm north of a zorbl{chr(97 + i)}")
+        assert len(front._phrase_cache) <= 6

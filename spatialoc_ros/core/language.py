@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..data.constants import CLASS_NAMES, COLOR_NAMES, NUM_MENTIONED
 
 MAX_CLAUSES = 36  # a description of more than this many clauses is rejected as too long
+MAX_CACHED_WORDS = 20_000  # encoder matches kept; the caches start over beyond this
 ENCODER_MIN_SIMILARITY = 0.62  # cosine of pooled MiniLM embeddings; below: not this class
 ENCODER_MIN_MARGIN = 0.04  # over the runner-up class
 # colour words are matched as "a {word} colour"; adjectives that are no colour ("painted",
@@ -264,12 +265,14 @@ def _lookup(words: Sequence[str], start: int) -> Tuple[int, Optional[tuple]]:
 
     A hyphenated word not in the lexicon whose last part is a colour ("grass-green",
     "pitch-black") is that colour: the head names the hue, the rest refines it."""
+    if start >= len(words):
+        return 0, None
     for n in range(min(_LONGEST, len(words) - start), 0, -1):
         span = words[start:start + n]
         for key in (tuple(span), tuple(span[:-1]) + (_singular(span[-1]),)):
             if key in _TABLE:
                 return n, _TABLE[key]
-    head = words[start].rsplit("-", 1)[-1] if start < len(words) else ""
+    head = words[start].rsplit("-", 1)[-1]
     if head != words[start] and _TABLE.get((head,), ("",))[0] == "colour":
         return 1, _TABLE[(head,)]
     return 0, None
@@ -305,6 +308,8 @@ class LanguageFrontEnd:
     def understand_many(self, texts: Sequence[str]) -> List[Understanding]:
         """One :class:`Understanding` per text; words outside the lexicon are encoded in one
         batch."""
+        if len(self._phrase_cache) + len(self._colour_cache) > MAX_CACHED_WORDS:
+            self.forget()  # a long-running node hears unbounded vocabulary
         out = []
         for text in texts:
             fragments = _merge(_fragments(text))
