@@ -19,7 +19,8 @@ import sys
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -87,11 +88,20 @@ def main(args=None) -> int:
         print(f"spatialoc_speech: error: {' '.join(str(exc).split())}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except _rclpy.RCLError:
+        # a signal can shut the context down between the executor's check and its next
+        # wait: the same clean stop, reported by rcl as an invalid context
+        if node.context.ok():
+            raise
     finally:
+        # executor, then node, then context, as the localizer node stops
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
