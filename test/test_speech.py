@@ -217,7 +217,13 @@ def test_a_spoken_description_gets_a_pose_over_dds(ros_env, tiny_dataset, tiny_w
     finally:
         probe.close()
         if speaker is not None:
-            stop(speaker)
+            # SIGTERM, then SIGKILL after 15 s: the answers above are what is under test here
+            speaker.terminate()
+            try:
+                speaker.wait(15)
+            except subprocess.TimeoutExpired:
+                speaker.kill()
+                speaker.wait()
             print((tmp_path / "speech.log").read_text(errors="replace")[-2000:])
         stop(proc)
         print(log.read_text(errors="replace")[-3000:])
