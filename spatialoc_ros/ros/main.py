@@ -36,6 +36,13 @@ def main(args=None) -> int:
         print(f"spatialoc-localizer: error: {' '.join(str(exc).split())}", file=sys.stderr)
         rclpy.try_shutdown()
         return EXIT_BAD_PARAMETER
+    spin_until_shutdown(node, node.release)
+    return EXIT_OK
+
+
+def spin_until_shutdown(node, release=lambda: None) -> None:
+    """Spin ``node`` on its own single-threaded executor until Ctrl-C or SIGTERM, then stop:
+    ``release`` (the node's threads), the executor, the node, the context."""
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
@@ -50,11 +57,10 @@ def main(args=None) -> int:
     finally:
         # In this order: worker, executor, node, context (rclpy raises in a thread that
         # still spins when the context goes first).
-        node.release()
+        release()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ import sys
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
+
+from .main import spin_until_shutdown
 
 NODE_NAME = "spatialoc_speech"
 
@@ -88,22 +88,7 @@ def main(args=None) -> int:
         print(f"spatialoc_speech: error: {' '.join(str(exc).split())}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except _rclpy.RCLError:
-        # a signal can shut the context down between the executor's check and its next
-        # wait: the same clean stop, reported by rcl as an invalid context
-        if node.context.ok():
-            raise
-    finally:
-        # executor, then node, then context, as the localizer node stops
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_shutdown(node)
     return 0
 
 
