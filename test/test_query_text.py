@@ -7,7 +7,7 @@ import pytest
 
 from spatialoc_ros.data.ground import GroundHeights
 from spatialoc_ros.data.schema import Cell, Object3d
-from spatialoc_ros.core.query_text import QueryRejected, check_hints, check_text, recognised_hints
+from spatialoc_ros.core.query_text import QueryRejected, check_text
 
 
 @pytest.mark.parametrize("text, status", [
@@ -28,18 +28,6 @@ def test_bad_text_is_rejected_with_a_status_and_one_line(text, status):
 def test_real_text_in_any_language_passes_trimmed(text):
     out = check_text(text)
     assert out == out.strip() and out
-
-
-def test_sentence_count_limits_and_recognised_hints():
-    with pytest.raises(QueryRejected) as e:
-        check_hints([f"s{i}." for i in range(13)])
-    assert e.value.status == "QUERY_TOO_LONG"
-    with pytest.raises(QueryRejected):
-        check_hints([])
-    hints = ["The pose is north of a gray building.", "I like trains.",
-             "It is next to a dark-green sidewalk.", "Es ist neben einem Baum."]
-    assert check_hints(hints) == hints
-    assert recognised_hints(hints) == 2
 
 
 def test_ground_height_prefers_ground_objects_near_the_point():

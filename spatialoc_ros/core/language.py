@@ -513,7 +513,8 @@ def _fragments(text: str) -> List[_Fragment]:
                       # a new noun phrase right after a finished one: "... on the meadow
                       # a building is to my east", "... south of where i am a bin is ..."
                       or (w in ("a", "an", "the", "some") and current
-                          and (prev in ("me", "us", "am", "are") or _ends_in_class(current))))
+                          and (prev in ("me", "us", "am", "are")
+                               or _class_at(current, len(current) - 1))))
             if starts and current:
                 out.append(_Fragment(current, joined))
                 current, joined = [], ""
@@ -534,11 +535,6 @@ _RIGHT_BEFORE = frozenset(["on", "in", "at", "next", "by", "above", "under", "un
                            "well", "then", "and", "um", "uh", "i", "we"])
 
 
-def _ends_in_class(words: Sequence[str]) -> bool:
-    hit = _lookup(words, len(words) - 1)[1]
-    return hit is not None and hit[0] == "class"
-
-
 def _drop_fillers(words: List[str]) -> List[str]:
     """Without fillers ("um", "i think", "so" at the start, "right" as in "right on top")."""
     out = []
@@ -555,14 +551,18 @@ def _drop_fillers(words: List[str]) -> List[str]:
     return out
 
 
+def _class_at(words: Sequence[str], i: int) -> bool:
+    hit = _lookup(words, i)[1]
+    return hit is not None and hit[0] == "class"
+
+
 def _has_object(words: Sequence[str]) -> bool:
-    return any(_lookup(words, i)[1] is not None and _lookup(words, i)[1][0] == "class"
-               for i in range(len(words)))
+    return any(_class_at(words, i) for i in range(len(words)))
 
 
 def _has_direction(words: Sequence[str]) -> bool:
-    return any(w in COMPASS or w in _DIAGONALS or w in HEADING_WORDS for w in words) or \
-        _relation(words) is not None
+    # _relation finds every compass word; a heading word is a direction too, if unusable
+    return any(w in HEADING_WORDS for w in words) or _relation(words) is not None
 
 
 def _merge(fragments: List[_Fragment]) -> List[_Fragment]:
