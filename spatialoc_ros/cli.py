@@ -20,6 +20,7 @@ import logging
 import sys
 from typing import Callable, List, Optional, Sequence, Union
 
+from .allocator import tune_allocator
 from . import __version__
 from .errors import SpatialocError
 
@@ -264,6 +265,7 @@ def _log_to_stderr() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``spatialoc`` command line; returns the exit status instead of exiting."""
     _log_to_stderr()
+    tune_allocator()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

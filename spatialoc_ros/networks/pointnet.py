@@ -167,9 +167,36 @@ def point_message_mlp(mlp_: nn.Sequential, x: torch.Tensor, pos: torch.Tensor,
     w_x, w_p = first.weight[:, :C], first.weight[:, C:]
     per_point = F.linear(x, w_x) + F.linear(pos, w_p, first.bias)  # [B, N, H]
     neg_centre = F.linear(centres, w_p).neg()  # [B, M, H]
-    h = gather_points(per_point, idx) + neg_centre.unsqueeze(2)  # [B, M, K, H]
-    B, M, K, H = h.shape
-    return rest(h.view(B * M * K, H)).view(B, M, K, -1).max(dim=2).values
+    B, M, K = idx.shape
+    if torch.is_grad_enabled() or not _monotone_tail(rest):
+        h = gather_points(per_point, idx) + neg_centre.unsqueeze(2)  # [B, M, K, H]
+        return rest(h.view(B * M * K, -1)).view(B, M, K, -1).max(dim=2).values
+    # Inference with BatchNorm folded (fold_batchnorm): the tail Linear -> ReLU commutes
+    # with the max over K (ReLU and the bias are monotone per channel), so they run once per
+    # centre; and the messages go through in slices of objects small enough to stay in cache.
+    body, last = rest[:-3], rest[-3]
+    width = max(per_point.shape[-1], last.out_features)
+    step = max(1, _MESSAGE_BLOCK // (M * K * width))
+    out = []
+    for s in range(0, B, step):
+        sl = slice(s, s + step)
+        h = gather_points(per_point[sl], idx[sl]).add_(neg_centre[sl].unsqueeze(2))
+        b = h.shape[0]
+        y = F.linear(body(h.view(b * M * K, -1)), last.weight).view(b, M, K, -1)
+        out.append(y.amax(dim=2))
+    pooled = torch.cat(out)
+    if last.bias is not None:
+        pooled = pooled + last.bias
+    return torch.relu(pooled)
+
+
+_MESSAGE_BLOCK = 1 << 22  # message entries per slice of objects at inference (16 MB of float32)
+
+
+def _monotone_tail(rest: nn.Sequential) -> bool:
+    """True when ``rest`` ends Linear -> Identity (a folded BatchNorm) -> ReLU."""
+    return (len(rest) >= 3 and isinstance(rest[-3], nn.Linear)
+            and isinstance(rest[-2], nn.Identity) and isinstance(rest[-1], nn.ReLU))
 
 
 class SetAbstraction(nn.Module):

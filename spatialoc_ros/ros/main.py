@@ -27,8 +27,10 @@ EXIT_BAD_PARAMETER = 2
 
 def main(args=None) -> int:
     """Run the localizer node until shut down; returns the exit status."""
+    from ..allocator import tune_allocator
     from .node import LocalizerNode
 
+    tune_allocator()
     rclpy.init(args=args)
     try:
         node = LocalizerNode()

@@ -81,6 +81,9 @@ class SpeechNode(Node):
 
 
 def main(args=None) -> int:
+    from ..allocator import tune_allocator
+
+    tune_allocator()
     rclpy.init(args=args)
     try:
         node = SpeechNode()
