@@ -132,7 +132,8 @@ class Localizer:
     def __init__(self, map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
                  device="auto", cache=None, top_k: int = 10, max_chars: int = DEFAULT_MAX_CHARS,
                  max_hints: int = DEFAULT_MAX_HINTS, progress: bool = False,
-                 retriever: str = "exhaustive"):
+                 retriever: str = "exhaustive", retriever_options: Optional[dict] = None):
+        from .core.cell_rows import MemoryCells
         from .core.coarse_stage import load_coarse_stage
         from .core.device import pick_device
         from .core.map_source import MapSource, open_map
@@ -152,7 +153,9 @@ class Localizer:
         self.fine, self.fine_config = self.weights.fine, self.weights.fine_config
         # its own copy: fitting (``spatialoc eval --fit-calibration``) sets it on this localizer
         self.calibration = replace(self.weights.calibration)
-        self.retriever = make_retriever(retriever, self.coarse.gallery, self.weights.score_terms)
+        self.rows = MemoryCells(self.coarse.gallery, self.coarse.bank)
+        self.retriever = make_retriever(retriever, self.rows, self.weights.score_terms,
+                                        **(retriever_options or {}))
         self.text = TextCache(self.weights.text_encoder())
         self.language = LanguageFrontEnd(self.text.encoder)
         self.ground = GroundHeights()
@@ -219,7 +222,7 @@ class Localizer:
         b = len(hint_lists)
         text_k = dict(batch, hint_index=batch["hint_index"].repeat_interleave(k, 0),
                       hint_mask=batch["hint_mask"].repeat_interleave(k, 0))
-        cells = {n: v.to(self.device) for n, v in self.coarse.bank.batch(rows.reshape(-1)).items()}
+        cells = {n: v.to(self.device) for n, v in self.rows.bank_batch(rows.reshape(-1)).items()}
         out = self.fine(text_k, cells)
         offset = out.offset.double().cpu().reshape(b, k, 2)
         precision = (out.precision.float().cpu().reshape(b, k) if out.precision is not None

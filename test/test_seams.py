@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,3 +103,17 @@ def test_the_exhaustive_retriever_is_the_top_k_of_every_fused_score(tiny_dataset
     assert torch.equal(every[0, rows[0]], scores[0]) and scores[0, 0] == every.max()
     with pytest.raises(SpatialocError, match="unknown retriever 'faiss'"):
         make_retriever("faiss", loc.coarse.gallery, bundle.score_terms)
+
+
+def test_a_localizer_with_the_two_stage_retriever_answers_as_the_exhaustive_one(
+        tiny_dataset, bundle, tiny_weights):
+    """A gallery smaller than the shortlist and the reference sample: the same answer."""
+    kwargs = dict(scenes=[VAL_SCENE], device="cpu", cache=tiny_weights / "cache")
+    exhaustive = Localizer(tiny_dataset, bundle, **kwargs)
+    two = Localizer(tiny_dataset, bundle, retriever="two-stage",
+                    retriever_options={"shortlist": 1000, "reference": 1000}, **kwargs)
+    a, b = exhaustive.localize(GOOD), two.localize(GOOD)
+    assert [h.cell_id for h in a.hypotheses] == [h.cell_id for h in b.hypotheses]
+    np.testing.assert_allclose([h.score for h in a.hypotheses],
+                               [h.score for h in b.hypotheses], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a.best.position, b.best.position, rtol=0, atol=1e-6)

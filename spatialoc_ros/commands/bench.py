@@ -34,6 +34,21 @@ def add_bench_command(commands) -> None:
     p.add_argument("--params-file", default="config/localize.yaml",
                    help="node parameters for the DDS measure")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    scale = p.add_argument_group("scale (a gallery grown with distractor cells of other cities)")
+    scale.add_argument("--scale", type=int, nargs="+", default=None, metavar="N",
+                       help="answer the benchmark's test queries against its test gallery grown "
+                            "to N cells (several N: one row each); the distractor cells are "
+                            "generated and encoded the first time (cached)")
+    scale.add_argument("--data", default="data/benchmark", metavar="DIR",
+                       help="the benchmark folder for --scale")
+    scale.add_argument("--retriever", choices=("two-stage", "exhaustive"), default="two-stage",
+                       help="--scale: the retriever under test (exhaustive is the reference)")
+    scale.add_argument("--shortlist", type=int, default=256, metavar="S",
+                       help="--scale, two-stage: cells reranked exactly per query")
+    scale.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat",
+                       help="--scale, two-stage: the faiss index of the shortlist")
+    scale.add_argument("--plot", default=None, metavar="FILE.png",
+                       help="--scale: draw recall against gallery size")
     p.set_defaults(handler=_run_bench)
 
 
@@ -42,6 +57,8 @@ def _run_bench(args) -> int:
     from ..errors import SpatialocError
     from ..evaluation.bench import bench_map, format_bench, peak_rss_mb
 
+    if args.scale:
+        return _run_scale(args)
     maps = args.map or [m for m in DEFAULT_MAPS if Path(m).is_dir()]
     if not maps:
         raise SpatialocError("no map to measure: run `make demo` (bundled demo map) or pass "
@@ -110,3 +127,26 @@ def _read_texts(path) -> list:
     if not texts or not all(isinstance(t, str) for t in texts):
         raise SpatialocError(f"{path}: no text lines")
     return texts
+
+
+def _run_scale(args) -> int:
+    from ..errors import SpatialocError
+    from ..evaluation.scale import bench_scale, format_scale, plot_scale
+
+    if not Path(args.data, "cells").is_dir():
+        raise SpatialocError(f"--scale needs the benchmark in {args.data}: run `spatialoc data "
+                             f"synth --preset benchmark --seed 0 --out {args.data}`")
+    device = "cpu" if args.device == "all" else args.device
+    rows = [bench_scale(n, data=args.data, weights=args.weights, queries=args.queries,
+                        top_k=args.top_k, retriever=args.retriever, shortlist=args.shortlist,
+                        index=args.index, device=device, progress=not args.json)
+            for n in sorted(args.scale)]
+    if args.plot:
+        plot_scale(rows, args.plot)
+    if args.json:
+        print(json.dumps({"device": device, "scale": rows[-1], "scales": rows}))
+    else:
+        print(format_scale(rows))
+        if args.plot:
+            print(f"wrote {args.plot}")
+    return 0

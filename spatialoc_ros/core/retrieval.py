@@ -91,9 +91,17 @@ class GalleryScorer:
 
     def _score(self, query: CoarseOutputs, sl: slice) -> torch.Tensor:
         total = 0
+        for raw in self.terms(query, sl).values():
+            total = total + zscore(raw)
+        return total
+
+    def terms(self, query: CoarseOutputs, sl: slice = slice(None)) -> Dict[str, torch.Tensor]:
+        """The raw scores [b, C] of each used term (s1, s2, s3 of the module docstring), before
+        the z-normalisation, for the queries ``sl``."""
+        out = {}
         if self.glo_t is not None:
             query.require("q_glo")
-            total = total + zscore(query.q_glo[sl] @ self.glo_t)
+            out["global"] = query.q_glo[sl] @ self.glo_t
         for name, field in (("object", "t_obj"), ("relation", "t_rel")):
             if name not in self.sets:
                 continue
@@ -105,8 +113,8 @@ class GalleryScorer:
             b, q, _ = t.shape
             sim = (t.reshape(b * q, -1) @ flat).view(b, q, *neg.shape) + neg     # [b, Q, C, N]
             best = sim.amax(-1).masked_fill(~tmask.unsqueeze(-1), 0.0)           # [b, Q, C]
-            total = total + zscore(best.sum(1) / tmask.sum(1, keepdim=True))
-        return total
+            out[name] = best.sum(1) / tmask.sum(1, keepdim=True)
+        return out
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """The retriever seam: query descriptors in, the top-k gallery rows and their fused scores out.
 
-Every retriever answers :meth:`Retriever.top_k` for a :class:`~.gallery.Gallery` and
-the weights' score terms. Today's is :class:`ExhaustiveRetriever`, which scores every
-cell with the fused score (:class:`~.retrieval.GalleryScorer`, the z-normalisation over
-the whole gallery included); approximate indexes for very large galleries register
-under their own name in :data:`RETRIEVERS` and are compared against it.
+Every retriever answers :meth:`Retriever.top_k` for a :class:`~.gallery.Gallery` (or
+any :class:`~.cell_rows.CellRows`) and the weights' score terms.
+:class:`ExhaustiveRetriever` scores every cell with the fused score
+(:class:`~.retrieval.GalleryScorer`, the z-normalisation over the whole gallery
+included): the reference. ``"two-stage"`` (:class:`~.ann_retriever.TwoStageRetriever`)
+shortlists with a faiss index and reranks the shortlist exactly, for galleries of
+hundreds of thousands of cells; its figures are compared against the exhaustive ones.
 """
 from __future__ import annotations
 
@@ -24,12 +26,23 @@ class Retriever(Protocol):
         """(scores [B, K], rows [B, K]) of the best min(k, cells) cells per query, best first."""
 
 
+def _all_descriptors(cells) -> CoarseOutputs:
+    """Every cell's descriptors from a Gallery, a MemoryCells or any other CellRows source."""
+    if hasattr(cells, "gallery"):  # MemoryCells
+        cells = cells.gallery
+    if hasattr(cells, "descriptors"):  # Gallery
+        return cells.descriptors
+    out = cells.instance(torch.arange(len(cells)))
+    out.p_glo = cells.global_descriptors()
+    return out
+
+
 class ExhaustiveRetriever:
     """Fused scores of every gallery cell, then the top k: the reference for any approximate
     index."""
 
     def __init__(self, gallery, score_terms: Sequence[str]):
-        self.scorer = GalleryScorer(gallery.descriptors, score_terms)
+        self.scorer = GalleryScorer(_all_descriptors(gallery), score_terms)
 
     def __len__(self) -> int:
         return self.scorer.cells
@@ -43,14 +56,24 @@ class ExhaustiveRetriever:
         return scores, rows
 
 
-RETRIEVERS: Dict[str, Callable[..., Retriever]] = {"exhaustive": ExhaustiveRetriever}
+def _two_stage(gallery, score_terms: Sequence[str], **options) -> Retriever:
+    from .ann_retriever import TwoStageRetriever
+
+    return TwoStageRetriever(gallery, score_terms, **options)
 
 
-def make_retriever(kind: str, gallery, score_terms: Sequence[str]) -> Retriever:
-    """The retriever registered as ``kind`` over ``gallery``."""
+RETRIEVERS: Dict[str, Callable[..., Retriever]] = {
+    "exhaustive": ExhaustiveRetriever,
+    "two-stage": _two_stage,
+}
+
+
+def make_retriever(kind: str, gallery, score_terms: Sequence[str], **options) -> Retriever:
+    """The retriever registered as ``kind`` over ``gallery`` (``options``: its own settings,
+    e.g. ``shortlist`` for "two-stage")."""
     from ..errors import SpatialocError
 
     if kind not in RETRIEVERS:
         raise SpatialocError(f"unknown retriever {kind!r}; expected one of: "
                              f"{', '.join(sorted(RETRIEVERS))}")
-    return RETRIEVERS[kind](gallery, score_terms)
+    return RETRIEVERS[kind](gallery, score_terms, **options)

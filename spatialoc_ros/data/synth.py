@@ -58,9 +58,10 @@ PRESETS = {
 
 
 def build_scene(scene: str, preset: str, seed: int, progress_queue=None, ply_dir=None,
-                ply_copies: int = 1):
+                ply_copies: int = 1, poses: bool = True):
     """Generate one scene: (cells, poses, timing dict); with ``ply_dir``, also write the scene as
-    KITTI-360-style labelled PLY windows and its queries (:mod:`.scene_ply`)."""
+    KITTI-360-style labelled PLY windows and its queries (:mod:`.scene_ply`). ``poses=False``
+    cuts the cells only (poses come back empty)."""
     from .cells import (SceneIndex, close_locations, grid_cell_centers, make_cells,
                         subsample_locations)
     from .city import generate_city
@@ -81,6 +82,9 @@ def build_scene(scene: str, preset: str, seed: int, progress_queue=None, ply_dir
             progress_queue.put(n)
 
     cells = make_cells(index, centers, short, progress=tick)
+    if not poses:
+        return cells, [], {"city_s": t1 - t0, "cells_s": time.perf_counter() - t1,
+                           "objects": len(city.objects)}
     poses = make_poses(index, cells, pose_locs, rng, progress=tick)
     if ply_dir is not None:
         from .scene_ply import write_scene_ply

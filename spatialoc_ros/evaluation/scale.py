@@ -1,0 +1,222 @@
+"""``spatialoc bench --scale N``: the test queries against a gallery grown to N cells.
+
+The gallery is the benchmark's test gallery (its 4,139 cells at the benchmark
+preset, seed 0) followed by the first N - 4,139 distractor cells of
+:mod:`.distractors` (real cells of other synthetic cities). Queries are a fixed
+sample of the test split's descriptions; only the test cells can be right.
+
+Per query, timed one at a time as the node runs them: the language front end
+and text encoder (cold: nothing cached, as for a description never heard), the
+retriever (two-stage by default: faiss shortlist + exact fused rerank, see
+:mod:`..core.ann_retriever`), the fine stage on the top k, the consensus and
+the published covariance. Reported: ``query_ms`` (median, p95), the index build
+time, peak resident memory, retrieval recall@1/3/5, the same with exhaustive
+scoring where it fits in memory (``exhaustive_retrieval_recall``, the
+reference), the published answer's recall within 5/10/15 m (k = 1), and the
+calibration of the published covariance.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..errors import SpatialocError
+from .bench import peak_rss_mb, summary
+
+EXHAUSTIVE_MAX_CELLS = 60_000  # exhaustive reference up to here (float32 copies: ~7 GB)
+
+
+def _extend(loc, store) -> None:
+    """Grow the localizer's gallery with ``store``'s rows (distractor scenes of their own)."""
+    from ..core.cell_rows import StackedCells
+
+    loc.rows = StackedCells([loc.rows, store])
+    if len(store) == 0:
+        return
+    size = torch.from_numpy(np.asarray(store.column("cell_size"), dtype=np.float64).copy())
+    origin = torch.from_numpy(np.asarray(store.column("origin"), dtype=np.float64).copy())
+    scene = torch.from_numpy(np.asarray(store.column("scene"), dtype=np.int64).copy())
+    loc._cell_size = torch.cat([loc._cell_size, size])
+    loc._origin = torch.cat([loc._origin, origin])
+    loc.scene_index = torch.cat([loc.scene_index, scene + int(loc.scene_index.max()) + 1])
+
+
+def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models",
+                queries: int = 300, top_k: int = 10, retriever: str = "two-stage",
+                shortlist: int = 256, index: str = "flat", exhaustive: Optional[bool] = None,
+                device: str = "cpu", seed: int = 0, progress: bool = True,
+                cache: Optional[str] = None) -> dict:
+    """The figures of the module docstring for a gallery of ``cells`` cells."""
+    from tqdm import tqdm
+
+    from ..core.covariance import published_covariance
+    from ..core.frozen_inputs import cache_dir
+    from ..core.retriever import make_retriever
+    from ..core.text_cache import TextCache
+    from ..data.constants import SPLITS
+    from ..inference import Localizer
+    from .distractors import build_distractors, distractor_key
+    from .localization import calibration_report, localization_recall
+
+    loc = Localizer(data, weights, scenes=list(SPLITS["test"]), device=device, cache=cache,
+                    top_k=top_k, progress=progress)
+    base = loc.num_cells
+    if cells < base:
+        raise SpatialocError(f"--scale {cells}: the test gallery alone has {base} cells")
+    need = cells - base
+    folder = cache_dir(data, cache) / f"distractors-{distractor_key(loc.weights)}"
+    store = build_distractors(folder, need, loc.weights, progress=progress).head(need)
+    _extend(loc, store)
+    t0 = time.perf_counter()
+    options = {"shortlist": shortlist, "index": index} if retriever == "two-stage" else {}
+    loc.retriever = make_retriever(retriever, loc.rows, loc.weights.score_terms, **options)
+    index_build_s = time.perf_counter() - t0
+
+    poses = loc.map.poses
+    rng = np.random.default_rng(seed)
+    chosen = [poses[i] for i in np.sort(rng.choice(len(poses), min(queries, len(poses)),
+                                                   replace=False))]
+    gt = loc.coarse.gallery.rows([p.cell_id for p in chosen])           # test rows come first
+    loc.localize(chosen[0].text)  # one-time allocations
+    times: Dict[str, List[float]] = {s: [] for s in ("language", "text", "coarse", "fine",
+                                                     "total")}
+    rows, positions, covs, scores = [], [], [], []
+    for pose in tqdm(chosen, desc=f"queries at {cells} cells", disable=not progress):
+        loc.text = TextCache(loc.text.encoder)  # cold: a description never heard
+        loc.language.forget()
+        timing: Dict[str, float] = {}
+        t0 = time.perf_counter()
+        reading = loc.read([pose.text])[0]
+        t_lang = time.perf_counter()
+        loc.encode_sentences(reading.hints)
+        t1 = time.perf_counter()
+        timing.update(language=1e3 * (t_lang - t0), text=1e3 * (t1 - t0))
+        cand = loc.candidates([reading.hints], top_k, timing)
+        ordered = loc.consensus(cand, torch.tensor([reading.informative]))
+        evidence = torch.tensor([reading.evidence], dtype=torch.float64)
+        cov = published_covariance(cand.positions, cand.scores.double(),
+                                   cand.precision.double(), cand.cell_size, loc.calibration,
+                                   evidence, centre=ordered.positions[:, 0])
+        timing["total"] = 1e3 * (time.perf_counter() - t0)
+        for s in times:
+            times[s].append(timing[s])
+        rows.append(cand.rows[0])
+        scores.append(cand.scores[0])
+        positions.append(ordered.positions[0, 0])
+        covs.append(cov[0])
+    rows_t = torch.stack(rows)
+    truth = torch.tensor(np.stack([p.pose_w[:2] for p in chosen]), dtype=torch.float64)
+    best = torch.stack(positions)
+    right_scene = torch.tensor([loc.scene_index[int(r[0])] == loc.scene_index[int(g)]
+                                for r, g in zip(rows_t, gt)])
+    err = torch.where(right_scene, (best - truth).norm(dim=1), torch.full((len(chosen),), 1e9))
+    out = {"cells": len(loc.rows), "test_cells": base,
+           "distractor_cells": len(store), "queries": len(chosen),
+           "retriever": retriever, "top_k": top_k,
+           "query_ms": summary(times["total"]),
+           "stage_ms": {s: summary(times[s]) for s in ("language", "text", "coarse", "fine")},
+           "index_build_s": index_build_s,
+           "retrieval_recall": _recall(rows_t, gt),
+           "published_recall_k1": localization_recall(err[:, None], ks=(1,))["1"],
+           "calibration": calibration_report(truth - best, torch.stack(covs)),
+           "threads": torch.get_num_threads()}
+    if retriever == "two-stage":
+        out.update(shortlist=shortlist, index=index)
+    if exhaustive is None:
+        exhaustive = len(loc.rows) <= EXHAUSTIVE_MAX_CELLS
+    if exhaustive and retriever != "exhaustive":
+        out["exhaustive_retrieval_recall"] = _exhaustive_recall(loc, chosen, gt)
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["gallery"] = (f"{base} test cells of {data} (seed 0) + {len(store)} distractor cells: "
+                      f"real cells of the benchmark preset's cities with seeds "
+                      f"{_seeds(store)}, every scene, no transform")
+    return out
+
+
+def _seeds(store) -> str:
+    """The seeds of the cities the store's rows come from, e.g. "1-3"."""
+    used = sorted({int(name.split("/")[0][1:]) for name in set(store.scene_names())})
+    if not used:
+        return "none"
+    return f"{used[0]}-{used[-1]}" if len(used) > 1 else str(used[0])
+
+
+def _recall(rows: torch.Tensor, gt: torch.Tensor) -> Dict[str, float]:
+    from ..core.retrieval import retrieval_metrics
+
+    return retrieval_metrics(rows, gt, (1, 3, 5))
+
+
+@torch.inference_mode()
+def _exhaustive_recall(loc, chosen, gt) -> Dict[str, float]:
+    """Retrieval recall of exhaustive fused scoring over the same gallery (the reference)."""
+    from ..core.retriever import ExhaustiveRetriever
+    from ..core.text_cache import text_batch
+    from ..networks.outputs import CoarseOutputs
+
+    ref = ExhaustiveRetriever(loc.rows, loc.weights.score_terms)
+    readings = loc.read([p.text for p in chosen])
+    hints = [r.hints for r in readings]
+    loc.encode_sentences(sorted({s for h in hints for s in h}))
+    tops = []
+    for start in range(0, len(hints), 16):
+        batch = text_batch(loc.text, hints[start:start + 16])
+        q = loc.coarse.model.encode_text(**batch)
+        q = CoarseOutputs(**{n: None if v is None else v.cpu() for n, v in vars(q).items()})
+        tops.append(ref.top_k(q, 5)[1])
+    return _recall(torch.cat(tops), gt)
+
+
+def format_scale(rows: List[dict]) -> str:
+    """A table of the figures per gallery size."""
+    head = (f"{'cells':>9} {'query ms':>9} {'p95':>7} {'recall@1/3/5':>20} "
+            f"{'exhaustive @1/3/5':>20} {'published 5/10/15 m':>22} {'1/2 sigma %':>12} "
+            f"{'index s':>8} {'RSS MB':>7}")
+    lines = [head]
+    for r in rows:
+        rec = " / ".join(f"{r['retrieval_recall'][k]:.3f}" for k in ("1", "3", "5"))
+        ex = r.get("exhaustive_retrieval_recall")
+        ex = " / ".join(f"{ex[k]:.3f}" for k in ("1", "3", "5")) if ex else "-"
+        pub = " / ".join(f"{r['published_recall_k1'][e]:.3f}" for e in ("5", "10", "15"))
+        cal = r["calibration"]
+        lines.append(f"{r['cells']:>9,} {r['query_ms']['median']:9.1f} {r['query_ms']['p95']:7.1f}"
+                     f" {rec:>20} {ex:>20} {pub:>22}"
+                     f" {100 * cal['within_1sigma']:5.1f}/{100 * cal['within_2sigma']:4.1f}"
+                     f" {r['index_build_s']:8.1f} {r['peak_rss_mb']:7.0f}")
+    lines.append(f"gallery: {rows[-1]['gallery']}")
+    return "\n".join(lines)
+
+
+def plot_scale(rows: List[dict], path) -> None:
+    """Recall against gallery size (log x): retrieval recall@1/5, published k=1 within 10 m."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["cells"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key, sub, label in (("retrieval_recall", "1", "retrieval recall@1"),
+                            ("retrieval_recall", "5", "retrieval recall@5"),
+                            ("published_recall_k1", "10", "published k=1 within 10 m")):
+        ax.plot(n, [r[key][sub] for r in rows], marker="o", label=label)
+    ex = [r for r in rows if "exhaustive_retrieval_recall" in r]
+    if ex:
+        ax.plot([r["cells"] for r in ex], [r["exhaustive_retrieval_recall"]["1"] for r in ex],
+                linestyle="--", marker="x", label="recall@1, exhaustive scoring")
+    ax.set_xscale("log")
+    ax.set_xlabel("gallery cells (test gallery + distractor cells of other cities)")
+    ax.set_ylabel("share of test queries")
+    ax.set_ylim(0, 1)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title("Recall as the map grows")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
