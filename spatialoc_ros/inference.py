@@ -45,13 +45,16 @@ class Hypothesis:
     precision: float
     # top-k cells whose positions agree on this place (:mod:`.core.consensus`), itself included
     agreeing: int = 1
+    # probability of being within 10 m of the truth (:mod:`.core.confidence`); nan: not fitted
+    probability: float = float("nan")
 
     def to_json(self) -> dict:
         return {"rank": self.rank, "cell_id": self.cell_id, "scene": self.scene,
                 "score": self.score,
                 "position": [float(v) for v in self.position],
                 "covariance_xy": self.covariance_xy.tolist(), "precision": self.precision,
-                "agreeing_cells": self.agreeing}
+                "agreeing_cells": self.agreeing,
+                "probability": None if np.isnan(self.probability) else self.probability}
 
 
 @dataclass
@@ -77,6 +80,11 @@ class Localization:
         return self.hypotheses[0]
 
     @property
+    def probability(self) -> float:
+        """The answer's probability of being within 10 m of the truth (nan: not fitted)."""
+        return self.best.probability
+
+    @property
     def sigma_m(self) -> float:
         """1-sigma radius of the published covariance (square root of its largest eigenvalue)."""
         return sigma_radius_m(self.covariance_xy)
@@ -88,6 +96,7 @@ class Localization:
                             else self.understanding.to_json()["clauses"]),
                 "position": [float(v) for v in self.best.position],
                 "covariance_xy": self.covariance_xy.tolist(), "sigma_m": self.sigma_m,
+                "probability": (None if np.isnan(self.probability) else self.probability),
                 "hypotheses": [h.to_json() for h in self.hypotheses], "timing_ms": self.timing_ms}
 
 
@@ -132,7 +141,7 @@ class Localizer:
     def __init__(self, map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
                  device="auto", cache=None, top_k: int = 10, max_chars: int = DEFAULT_MAX_CHARS,
                  max_hints: int = DEFAULT_MAX_HINTS, progress: bool = False,
-                 retriever: str = "exhaustive", retriever_options: Optional[dict] = None):
+                 retriever: str = "two-stage", retriever_options: Optional[dict] = None):
         from .core.cell_rows import MemoryCells
         from .core.coarse_stage import load_coarse_stage
         from .core.device import pick_device
@@ -170,7 +179,8 @@ class Localizer:
 
     @property
     def num_cells(self) -> int:
-        return len(self.cells)
+        """Cells in the gallery (the map's, and any rows added to it)."""
+        return len(self.rows)
 
     # --- one query ------------------------------------------------------------------------
 
@@ -185,8 +195,8 @@ class Localizer:
         timing = {"language": 1e3 * (t_lang - t0), "text": 1e3 * (t1 - t0)}
         cand = self.candidates([reading.hints], top_k or self.top_k, timing)
         informative = torch.tensor([reading.informative])
-        hyps, cov = self.hypotheses(self.consensus(cand, informative),
-                                    torch.tensor([reading.evidence]))[0]
+        (hyps, cov), = self.hypotheses(self.consensus(cand, informative),
+                                       torch.tensor([reading.evidence]), informative)
         timing["total"] = 1e3 * (time.perf_counter() - t0)
         return Localization(text, reading.hints, hyps, cov, len(reading.understanding.used),
                             timing, reading.understanding)
@@ -264,9 +274,49 @@ class Localizer:
                                    informative, centre=cand.positions[:, 0])
         return var, cov
 
-    def hypotheses(self, cand: Candidates, informative: Optional[torch.Tensor] = None):
-        """Per query: (hypotheses best first, published covariance [2, 2])."""
-        var, cov = self.covariances(cand, informative)
+    def answer_features(self, cand: Candidates, evidence: Optional[torch.Tensor] = None,
+                        informative: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Features [B, F] of each query's answer (:func:`.core.confidence.answer_features`) from
+        its consensus-ordered candidates."""
+        from .core.confidence import answer_features
+
+        evidence = torch.ones(cand.rows.shape[0]) if evidence is None else evidence
+        return answer_features(informative_scores(cand.scores.double(), informative),
+                               cand.positions, self.scene_index[cand.rows], cand.precision,
+                               cand.agreeing, evidence, self.num_cells)
+
+    def published(self, cand: Candidates, evidence: Optional[torch.Tensor] = None,
+                  informative: Optional[torch.Tensor] = None):
+        """(own variance per hypothesis [B, K] m², published covariance [B, 2, 2], probability
+        per hypothesis [B, K] or None) of consensus-ordered candidates.
+
+        With a fitted probability model (:mod:`.core.confidence`) every hypothesis gets its
+        probability of being within 10 m of the truth, and the covariance its far term.
+        """
+        from .core.confidence import ProbabilityModel, hypothesis_probabilities
+        from .core.confidence import inflate_covariance
+        from .core.covariance import mixture_weights
+
+        var, cov = self.covariances(cand, evidence)
+        model = ProbabilityModel.from_dict(self.calibration.probability)
+        if model is None:
+            return var, cov, None
+        p = model.probability(self.answer_features(cand, evidence, informative))
+        weights = mixture_weights(informative_scores(cand.scores.double(), evidence),
+                                  self.calibration.beta)
+        return (var, inflate_covariance(cov, p, model.far_variance_m2),
+                hypothesis_probabilities(p, weights))
+
+    def hypotheses(self, cand: Candidates, evidence: Optional[torch.Tensor] = None,
+                   informative: Optional[torch.Tensor] = None):
+        """Per query: (hypotheses best first, published covariance [2, 2]).
+
+        ``evidence`` [B]: how far to trust each query (:attr:`~.core.language.Reading.evidence`);
+        ``informative`` [B]: the share understood, as the consensus weighed the scores. With a
+        fitted probability model, every hypothesis carries its probability and the covariance
+        its far term (:func:`.core.confidence.inflate_covariance`).
+        """
+        var, cov, prob = self.published(cand, evidence, informative)
         out = []
         for b in range(cand.rows.shape[0]):
             hyps = []
@@ -277,6 +327,7 @@ class Localizer:
                 hyps.append(Hypothesis(r, cell.id, cell.scene, float(cand.scores[b, r]),
                                        np.array([xy[0], xy[1], self.ground(cell, xy)]),
                                        np.eye(2) * float(var[b, r]), lam,
-                                       int(cand.agreeing[b, r])))
+                                       int(cand.agreeing[b, r]),
+                                       float("nan") if prob is None else float(prob[b, r])))
             out.append((hyps, cov[b].numpy()))
         return out

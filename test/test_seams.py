@@ -89,7 +89,7 @@ def test_the_bundle_checks_that_its_parts_belong_together(tiny_weights, tmp_path
 def test_the_exhaustive_retriever_is_the_top_k_of_every_fused_score(tiny_dataset, bundle,
                                                                     tiny_weights):
     loc = Localizer(tiny_dataset, bundle, scenes=[VAL_SCENE], device="cpu",
-                    cache=tiny_weights / "cache")
+                    cache=tiny_weights / "cache", retriever="exhaustive")
     assert isinstance(loc.retriever, ExhaustiveRetriever) and len(loc.retriever) == loc.num_cells
     from spatialoc_ros.core.text_cache import text_batch
 
@@ -109,7 +109,7 @@ def test_a_localizer_with_the_two_stage_retriever_answers_as_the_exhaustive_one(
         tiny_dataset, bundle, tiny_weights):
     """A gallery smaller than the shortlist and the reference sample: the same answer."""
     kwargs = dict(scenes=[VAL_SCENE], device="cpu", cache=tiny_weights / "cache")
-    exhaustive = Localizer(tiny_dataset, bundle, **kwargs)
+    exhaustive = Localizer(tiny_dataset, bundle, retriever="exhaustive", **kwargs)
     two = Localizer(tiny_dataset, bundle, retriever="two-stage",
                     retriever_options={"shortlist": 1000, "reference": 1000}, **kwargs)
     a, b = exhaustive.localize(GOOD), two.localize(GOOD)

@@ -131,16 +131,15 @@ def _read_texts(path) -> list:
 
 def _run_scale(args) -> int:
     from ..errors import SpatialocError
-    from ..evaluation.scale import bench_scale, format_scale, plot_scale
+    from ..evaluation.scale import bench_scales, format_scale, plot_scale
 
     if not Path(args.data, "cells").is_dir():
         raise SpatialocError(f"--scale needs the benchmark in {args.data}: run `spatialoc data "
                              f"synth --preset benchmark --seed 0 --out {args.data}`")
     device = "cpu" if args.device == "all" else args.device
-    rows = [bench_scale(n, data=args.data, weights=args.weights, queries=args.queries,
+    rows = bench_scales(args.scale, data=args.data, weights=args.weights, queries=args.queries,
                         top_k=args.top_k, retriever=args.retriever, shortlist=args.shortlist,
                         index=args.index, device=device, progress=not args.json)
-            for n in sorted(args.scale)]
     if args.plot:
         plot_scale(rows, args.plot)
     if args.json:

@@ -30,6 +30,14 @@ def add_eval_command(commands) -> None:
                    help="with --split val: add these (training) scenes' cells to the gallery as "
                         "wrong answers, e.g. to fit the calibration against a gallery as large as "
                         "the map it will serve")
+    p.add_argument("--fit-probability", default=None, nargs="+", type=int, metavar="CELLS",
+                   help="with --split val: fit the answer's probability of being within 10 m "
+                        "(and the covariance's far term) on the validation queries with the "
+                        "gallery grown to these sizes by distractor cells of other cities, e.g. "
+                        "1194 4139 10000 30000; writes WEIGHTS/calibration.json")
+    p.add_argument("--retriever", choices=("two-stage", "exhaustive"), default="two-stage",
+                   help="two-stage (served: faiss shortlist, exact fused rerank) or exhaustive "
+                        "(the fused score of every cell, the reference)")
     p.add_argument("--reports", default=None, nargs="+", metavar="FILE.json",
                    help="tabulate (and --plot) reports saved from earlier '--json' runs instead "
                         "of evaluating")
@@ -65,12 +73,15 @@ def _run_eval(args) -> int:
     if args.data is None:
         raise SpatialocError("spatialoc eval needs --data DIR (or --reports FILE.json ... to "
                              "tabulate saved reports)")
+    if args.fit_probability:
+        return _run_fit_probability(args)
     if args.order_sensitivity and args.split != "val":
         raise SpatialocError("--order-sensitivity measures on validation queries: use --split val")
     reports = [evaluate(args.data, args.split, w, args.queries, cache=args.cache,
                         device=args.device, progress=not (args.quiet or args.json),
                         fit_calibration=args.fit_calibration, show=args.show,
-                        show_dir=args.out, distractors=args.distractors)
+                        show_dir=args.out, distractors=args.distractors,
+                        retriever=args.retriever)
                for w in args.weights]
     if args.order_sensitivity:
         from ..evaluation.order_sensitivity import measure_order_sensitivity
@@ -89,6 +100,19 @@ def _run_eval(args) -> int:
         if r.get("pictures") and not args.json:
             print(f"pictures: {r['pictures'][-1]} and {len(r['pictures']) - 1} more in {args.out}")
     _plot(reports, args.weights, args)
+    return 0
+
+
+def _run_fit_probability(args) -> int:
+    from ..errors import SpatialocError
+    from ..evaluation.confidence_fit import fit_probability_on_val, format_probability_report
+
+    if args.split != "val" or args.queries or args.distractors or len(args.weights) != 1:
+        raise SpatialocError("--fit-probability fits on the validation split: --split val, one "
+                             "--weights folder, no --queries or --distractors")
+    report = fit_probability_on_val(args.data, args.weights[0], args.fit_probability,
+                                    cache=args.cache, progress=not (args.quiet or args.json))
+    print(json.dumps(report) if args.json else format_probability_report(report))
     return 0
 
 

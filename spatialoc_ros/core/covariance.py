@@ -53,16 +53,23 @@ class Calibration:
     fitted_on: str = ""  # what the fit used, e.g. "val: 2801 queries"
     consensus_beta: float = 0.0  # sharpness of the consensus weights (:mod:`.consensus`)
     consensus_bandwidth_m: float = 0.0  # its kernel bandwidth; 0 = retrieval order, no consensus
+    # the answer's probability of being right and the covariance's far term
+    # (:class:`.confidence.ProbabilityModel` as a dict); None: not fitted
+    probability: Optional[dict] = None
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "beta": self.beta, "fitted_on": self.fitted_on,
-                "consensus_beta": self.consensus_beta,
-                "consensus_bandwidth_m": self.consensus_bandwidth_m}
+        out = {"scale": self.scale, "beta": self.beta, "fitted_on": self.fitted_on,
+               "consensus_beta": self.consensus_beta,
+               "consensus_bandwidth_m": self.consensus_bandwidth_m}
+        if self.probability:
+            out["probability"] = self.probability
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
         return cls(float(d["scale"]), float(d["beta"]), str(d.get("fitted_on", "")),
-                   float(d.get("consensus_beta", 0.0)), float(d.get("consensus_bandwidth_m", 0.0)))
+                   float(d.get("consensus_beta", 0.0)), float(d.get("consensus_bandwidth_m", 0.0)),
+                   d.get("probability") or None)
 
 
 def sigma_radius_m(cov_xy) -> float:

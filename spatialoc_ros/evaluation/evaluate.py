@@ -9,6 +9,7 @@ evaluation", describes it.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -16,6 +17,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import SpatialocError
+
+log = logging.getLogger(__name__)
 
 RETRIEVAL_KS = (1, 3, 5)
 CURVE_KS = tuple(range(1, 11))  # recall@k for the plot
@@ -86,7 +89,7 @@ def best_cell_ids(queries: List[Query], cells) -> List[str]:
 def evaluate(data: str, split: str, weights: str = "models", queries_file: Optional[str] = None,
              cache: Optional[str] = None, device: str = "auto", progress: bool = True,
              fit_calibration: bool = False, show: int = 0, show_dir: Optional[str] = None,
-             distractors: Sequence[str] = ()) -> dict:
+             distractors: Sequence[str] = (), retriever: str = "two-stage") -> dict:
     """The evaluation report (the JSON of ``spatialoc eval --json``).
 
     With fine weights in ``weights`` the whole pipeline runs (retrieval and
@@ -129,7 +132,8 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
         from ..inference import Localizer
 
         loc = Localizer(data, weights, scenes=list(data_split.scenes) + list(distractors),
-                        device=device, cache=cache, top_k=max(CURVE_KS), progress=progress)
+                        device=device, cache=cache, top_k=max(CURVE_KS), progress=progress,
+                        retriever=retriever)
         report.update(_pipeline(loc, weights, queries, gt, progress, fit_calibration, show,
                                 show_dir, data_split.name, distractors))
         if distractors:
@@ -220,8 +224,10 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
 
     from ..atomic import write_json
     from ..core.consensus import fit_consensus
+    from ..core.confidence import RIGHT_M, ProbabilityModel, inflate_covariance
     from ..core.covariance import informative_scores, published_covariance
     from ..core.weights import CALIBRATION_FILE
+    from .confidence_fit import reliability
     from ..inference import Candidates
     from ..core.retrieval import retrieval_metrics
     from .localization import (calibration_report, candidate_errors, fit_calibration,
@@ -275,6 +281,9 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
                                  fitted_on=f"{fitted_on}: {len(queries)} queries{gallery}",
                                  centre=ordered.positions[:, 0], consensus=(beta, bandwidth))
         path = Path(weights) / CALIBRATION_FILE
+        if loc.calibration.probability:
+            log.warning("the refitted covariance calibration drops the probability model fitted "
+                        "on the old one: fit it again with --fit-probability")
         write_json(path, cal.to_dict())
         loc.calibration = cal
         out["calibration_file"] = str(path)
@@ -282,8 +291,16 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     out["published_recall"] = localization_recall(published)
     cov = published_covariance(cand.positions, cand.scores, cand.precision, cand.cell_size,
                                loc.calibration, evidence, centre=ordered.positions[:, 0])
+    model = ProbabilityModel.from_dict(loc.calibration.probability)
+    if model is not None:  # what is published: the far term for the answer's doubt
+        p = model.probability(loc.answer_features(ordered, evidence, informative))
+        cov = inflate_covariance(cov, p, model.far_variance_m2)
+        right = (same_scene(ordered)[:, 0]
+                 & ((truth - ordered.positions[:, 0]).norm(dim=1) <= RIGHT_M))
     out["calibration"] = calibration_report(truth - ordered.positions[:, 0], cov)
     out["calibration"].update(loc.calibration.to_dict())
+    if model is not None:
+        out["calibration"]["probability"] = reliability(p, right)
     out["top1_error_m"] = {"median": float(errors[:, 0].clamp(max=1e9).median()),
                            "published_median": float(published[:, 0].clamp(max=1e9).median())}
     if show:

@@ -18,7 +18,7 @@ calibration of the published covariance.
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,90 +29,113 @@ from .bench import peak_rss_mb, summary
 EXHAUSTIVE_MAX_CELLS = 60_000  # exhaustive reference up to here (float32 copies: ~7 GB)
 
 
-def _extend(loc, store) -> None:
-    """Grow the localizer's gallery with ``store``'s rows (distractor scenes of their own)."""
-    from ..core.cell_rows import StackedCells
+def grow_gallery(loc, store, retriever: str = "two-stage", **options) -> float:
+    """Make ``loc``'s gallery its own cells followed by ``store``'s rows (distractor scenes of
+    their own), with a new retriever over them; returns the retriever's build time in s.
 
-    loc.rows = StackedCells([loc.rows, store])
-    if len(store) == 0:
-        return
-    size = torch.from_numpy(np.asarray(store.column("cell_size"), dtype=np.float64).copy())
-    origin = torch.from_numpy(np.asarray(store.column("origin"), dtype=np.float64).copy())
-    scene = torch.from_numpy(np.asarray(store.column("scene"), dtype=np.int64).copy())
-    loc._cell_size = torch.cat([loc._cell_size, size])
-    loc._origin = torch.cat([loc._origin, origin])
-    loc.scene_index = torch.cat([loc.scene_index, scene + int(loc.scene_index.max()) + 1])
+    Calling it again replaces the rows added before.
+    """
+    from ..core.cell_rows import StackedCells
+    from ..core.retriever import make_retriever
+
+    if not hasattr(loc, "_own_rows"):
+        loc._own_rows = (loc.rows, loc._cell_size, loc._origin, loc.scene_index)
+    rows, size, origin, scene = loc._own_rows
+    loc.rows, loc._cell_size, loc._origin, loc.scene_index = rows, size, origin, scene
+    if len(store) > 0:
+        loc.rows = StackedCells([rows, store])
+        extra = (torch.from_numpy(np.array(store.column(name), dtype=dtype))
+                 for name, dtype in (("cell_size", np.float64), ("origin", np.float64),
+                                     ("scene", np.int64)))
+        s_size, s_origin, s_scene = extra
+        loc._cell_size = torch.cat([size, s_size])
+        loc._origin = torch.cat([origin, s_origin])
+        loc.scene_index = torch.cat([scene, s_scene + int(scene.max()) + 1])
+    t0 = time.perf_counter()
+    loc.retriever = make_retriever(retriever, loc.rows, loc.weights.score_terms, **options)
+    return time.perf_counter() - t0
+
+
+def distractor_store(loc, data, count: int, cache=None, progress: bool = True):
+    """The first ``count`` distractor rows for ``loc``'s weights (built the first time)."""
+    from ..core.frozen_inputs import cache_dir
+    from .distractors import build_distractors, distractor_key
+
+    folder = cache_dir(data, cache) / f"distractors-{distractor_key(loc.weights)}"
+    return build_distractors(folder, count, loc.weights, progress=progress).head(count)
 
 
 def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models",
                 queries: int = 300, top_k: int = 10, retriever: str = "two-stage",
                 shortlist: int = 256, index: str = "flat", exhaustive: Optional[bool] = None,
                 device: str = "cpu", seed: int = 0, progress: bool = True,
-                cache: Optional[str] = None) -> dict:
-    """The figures of the module docstring for a gallery of ``cells`` cells."""
+                cache: Optional[str] = None, loc=None) -> dict:
+    """The figures of the module docstring for a gallery of ``cells`` cells (``loc``: a
+    Localizer of the test scenes to reuse)."""
     from tqdm import tqdm
 
-    from ..core.covariance import published_covariance
-    from ..core.frozen_inputs import cache_dir
-    from ..core.retriever import make_retriever
     from ..core.text_cache import TextCache
     from ..data.constants import SPLITS
     from ..inference import Localizer
-    from .distractors import build_distractors, distractor_key
+    from .confidence_fit import Answers, answers_of, reliability
     from .localization import calibration_report, localization_recall
 
-    loc = Localizer(data, weights, scenes=list(SPLITS["test"]), device=device, cache=cache,
-                    top_k=top_k, progress=progress)
-    base = loc.num_cells
+    if loc is None:
+        loc = Localizer(data, weights, scenes=list(SPLITS["test"]), device=device, cache=cache,
+                        top_k=top_k, progress=progress)
+    base = len(loc.cells)
     if cells < base:
         raise SpatialocError(f"--scale {cells}: the test gallery alone has {base} cells")
-    need = cells - base
-    folder = cache_dir(data, cache) / f"distractors-{distractor_key(loc.weights)}"
-    store = build_distractors(folder, need, loc.weights, progress=progress).head(need)
-    _extend(loc, store)
-    t0 = time.perf_counter()
+    store = distractor_store(loc, data, cells - base, cache, progress)
     options = {"shortlist": shortlist, "index": index} if retriever == "two-stage" else {}
-    loc.retriever = make_retriever(retriever, loc.rows, loc.weights.score_terms, **options)
-    index_build_s = time.perf_counter() - t0
+    index_build_s = grow_gallery(loc, store, retriever, **options)
 
     poses = loc.map.poses
     rng = np.random.default_rng(seed)
     chosen = [poses[i] for i in np.sort(rng.choice(len(poses), min(queries, len(poses)),
                                                    replace=False))]
     gt = loc.coarse.gallery.rows([p.cell_id for p in chosen])           # test rows come first
-    loc.localize(chosen[0].text)  # one-time allocations
-    times: Dict[str, List[float]] = {s: [] for s in ("language", "text", "coarse", "fine",
-                                                     "total")}
-    rows, positions, covs, scores = [], [], [], []
-    for pose in tqdm(chosen, desc=f"queries at {cells} cells", disable=not progress):
-        loc.text = TextCache(loc.text.encoder)  # cold: a description never heard
+
+    def serve(text: str):
+        """One query as the node answers it, cold (nothing cached), timed per stage."""
+        loc.text = TextCache(loc.text.encoder)
         loc.language.forget()
         timing: Dict[str, float] = {}
         t0 = time.perf_counter()
-        reading = loc.read([pose.text])[0]
+        reading = loc.read([text])[0]
         t_lang = time.perf_counter()
         loc.encode_sentences(reading.hints)
         t1 = time.perf_counter()
         timing.update(language=1e3 * (t_lang - t0), text=1e3 * (t1 - t0))
         cand = loc.candidates([reading.hints], top_k, timing)
-        ordered = loc.consensus(cand, torch.tensor([reading.informative]))
+        informative = torch.tensor([reading.informative], dtype=torch.float64)
         evidence = torch.tensor([reading.evidence], dtype=torch.float64)
-        cov = published_covariance(cand.positions, cand.scores.double(),
-                                   cand.precision.double(), cand.cell_size, loc.calibration,
-                                   evidence, centre=ordered.positions[:, 0])
+        ordered = loc.consensus(cand, informative)
+        _, cov, prob = loc.published(ordered, evidence, informative)
         timing["total"] = 1e3 * (time.perf_counter() - t0)
+        return timing, reading, cand, ordered, cov, prob
+
+    serve(chosen[0].text)  # one-time allocations
+    times: Dict[str, List[float]] = {s: [] for s in ("language", "text", "coarse", "fine",
+                                                     "total")}
+    rows, answers, probs, same_scene = [], [], [], []
+    scene_of = {cell.scene: int(loc.scene_index[i]) for i, cell in enumerate(loc.cells)}
+    for pose in tqdm(chosen, desc=f"queries at {cells} cells", disable=not progress):
+        timing, reading, cand, ordered, cov, prob = serve(pose.text)
         for s in times:
             times[s].append(timing[s])
         rows.append(cand.rows[0])
-        scores.append(cand.scores[0])
-        positions.append(ordered.positions[0, 0])
-        covs.append(cov[0])
+        same_scene.append(int(loc.scene_index[ordered.rows[0, 0]]) == scene_of[pose.scene])
+        truth = torch.tensor(np.array([pose.pose_w[:2]]), dtype=torch.float64)
+        answers.append(answers_of(loc, [reading], ordered, truth,
+                                  torch.tensor([scene_of[pose.scene]])))
+        answers[-1].cov = cov  # as published (with the far term when a model is fitted)
+        if prob is not None:
+            probs.append(prob[0, 0])
     rows_t = torch.stack(rows)
-    truth = torch.tensor(np.stack([p.pose_w[:2] for p in chosen]), dtype=torch.float64)
-    best = torch.stack(positions)
-    right_scene = torch.tensor([loc.scene_index[int(r[0])] == loc.scene_index[int(g)]
-                                for r, g in zip(rows_t, gt)])
-    err = torch.where(right_scene, (best - truth).norm(dim=1), torch.full((len(chosen),), 1e9))
+    every = Answers.cat(answers)
+    err = torch.where(torch.tensor(same_scene), every.err_xy.norm(dim=1),
+                      torch.full((len(chosen),), 1e9))  # another scene (or city): a miss
     out = {"cells": len(loc.rows), "test_cells": base,
            "distractor_cells": len(store), "queries": len(chosen),
            "retriever": retriever, "top_k": top_k,
@@ -121,8 +144,10 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
            "index_build_s": index_build_s,
            "retrieval_recall": _recall(rows_t, gt),
            "published_recall_k1": localization_recall(err[:, None], ks=(1,))["1"],
-           "calibration": calibration_report(truth - best, torch.stack(covs)),
+           "calibration": calibration_report(every.err_xy, every.cov),
            "threads": torch.get_num_threads()}
+    if probs:
+        out["calibration"]["probability"] = reliability(torch.stack(probs), every.right)
     if retriever == "two-stage":
         out.update(shortlist=shortlist, index=index)
     if exhaustive is None:
@@ -134,6 +159,20 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
                       f"real cells of the benchmark preset's cities with seeds "
                       f"{_seeds(store)}, every scene, no transform")
     return out
+
+
+def bench_scales(sizes: Sequence[int], data: str = "data/benchmark", weights: str = "models",
+                 device: str = "cpu", top_k: int = 10, progress: bool = True,
+                 cache: Optional[str] = None, **options) -> List[dict]:
+    """:func:`bench_scale` for each size, smallest first, with one Localizer."""
+    from ..data.constants import SPLITS
+    from ..inference import Localizer
+
+    loc = Localizer(data, weights, scenes=list(SPLITS["test"]), device=device, cache=cache,
+                    top_k=top_k, progress=progress)
+    return [bench_scale(n, data=data, weights=weights, device=device, top_k=top_k,
+                        progress=progress, cache=cache, loc=loc, **options)
+            for n in sorted(sizes)]
 
 
 def _seeds(store) -> str:

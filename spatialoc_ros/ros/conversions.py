@@ -77,7 +77,7 @@ def hypothesis_msg(hyp, yaw_variance: float) -> Hypothesis:
     """One hypothesis with its own covariance; a missing precision (model without λ head) is 0."""
     precision = hyp.precision if math.isfinite(hyp.precision) else 0.0
     return Hypothesis(cell_id=hyp.cell_id, rank=int(hyp.rank), score=float(hyp.score),
-                      precision=float(precision),
+                      precision=float(precision), probability=float(hyp.probability),
                       pose=pose_with_covariance(hyp.position, hyp.covariance_xy, yaw_variance))
 
 
@@ -89,6 +89,7 @@ def result_msg(header, query: str, status: int, reason: str = "", localization=N
     if localization is not None:
         msg.hypotheses = [hypothesis_msg(h, yaw_variance) for h in localization.hypotheses]
         msg.understood_share = float(localization.understood)
+        msg.probability = float(localization.probability)
         if localization.understanding is not None:
             msg.understood = [clause_msg(c) for c in localization.understanding.clauses]
     return msg
@@ -109,7 +110,8 @@ def status_code(name: str) -> int:
                        LocalizationResult.STATUS_INTERNAL_ERROR))
 
 
-def confidence(localization, max_sigma_m: float, min_understood: float = 0.5) -> Optional[str]:
+def confidence(localization, max_sigma_m: float, min_understood: float = 0.5,
+               min_probability: float = 0.5) -> Optional[str]:
     """Why a localization is low-confidence (one line), or None when it is not."""
     if localization.recognised_hints == 0:
         return "nothing in the query names a direction and a class the map knows; the position " \
@@ -120,6 +122,10 @@ def confidence(localization, max_sigma_m: float, min_understood: float = 0.5) ->
         used = f"{len(u.used)} of {len(u.clauses)} clauses" if u is not None else "part"
         return (f"understood {used} (share {understood:.2f} < min_understood "
                 f"{min_understood:g}); the position may be wrong")
+    p = localization.probability
+    if math.isfinite(p) and p < min_probability:
+        return (f"probability {p:.2f} that the answer is within 10 m is below min_probability "
+                f"{min_probability:g}; other places look alike")
     sigma = localization.sigma_m
     if not math.isfinite(sigma) or sigma > max_sigma_m:
         return f"1-sigma radius {sigma:.1f} m exceeds low_confidence_sigma_m ({max_sigma_m:g} m)"

@@ -124,7 +124,10 @@ class LocalizerNode(LifecycleNode):
                                   scenes=settings.scenes or None, device=settings.device,
                                   cache=settings.cache_dir or None, top_k=settings.top_k,
                                   max_chars=settings.max_query_chars,
-                                  max_hints=settings.max_hints)
+                                  max_hints=settings.max_hints, retriever=settings.retriever,
+                                  retriever_options=({"shortlist": settings.shortlist}
+                                                     if settings.retriever == "two-stage"
+                                                     else None))
             settings = self._map_frame(settings, localizer.map)
             cloud = (map_points(localizer.map.cells, settings.map_cloud_max_points)
                      if settings.publish_map_cloud else None)

@@ -47,6 +47,12 @@ PARAMETERS: Tuple[Parameter, ...] = (
     Parameter("device", "auto", "where the model runs: auto (cuda when available), cpu or cuda",
               choices=("auto", "cpu", "cuda")),
     Parameter("top_k", 10, "hypotheses (retrieved cells, each refined) per query", range=(1, 100)),
+    Parameter("retriever", "two-stage",
+              "two-stage: faiss shortlist by the global descriptor, exact fused rerank (any map "
+              "size); exhaustive: the fused score of every cell (the reference)",
+              choices=("two-stage", "exhaustive")),
+    Parameter("shortlist", 256, "two-stage retriever: cells reranked exactly per query",
+              range=(1, 100_000)),
     Parameter("frame_id", "map",
               "frame of the published poses, results and markers (REP-105 map frame)"),
     Parameter("yaw_variance", math.pi ** 2,
@@ -58,6 +64,10 @@ PARAMETERS: Tuple[Parameter, ...] = (
     Parameter("min_understood", 0.5,
               "share of the query the language front end must understand (0..1); below it the "
               "result is LOW_CONFIDENCE", range=(0.0, 1.0)),
+    Parameter("min_probability", 0.5,
+              "probability (0..1) that the answer is within 10 m below which the result is "
+              "LOW_CONFIDENCE (used when the weights carry a fitted probability model)",
+              range=(0.0, 1.0)),
     Parameter("publish_low_confidence_pose", True,
               "also publish the pose of LOW_CONFIDENCE results (its covariance shows the doubt)"),
     Parameter("max_query_chars", DEFAULT_MAX_CHARS,
@@ -100,10 +110,13 @@ class Settings:
     cache_dir: str
     device: str
     top_k: int
+    retriever: str
+    shortlist: int
     frame_id: str
     yaw_variance: float
     low_confidence_sigma_m: float
     min_understood: float
+    min_probability: float
     publish_low_confidence_pose: bool
     max_query_chars: int
     max_hints: int

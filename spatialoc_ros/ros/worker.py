@@ -150,7 +150,8 @@ class ModelWorker:
             if not (np.isfinite(loc.best.position).all() and np.isfinite(loc.covariance_xy).all()):
                 raise SpatialocError(f"the model gave a non-finite position or covariance for "
                                      f"cell {loc.best.cell_id}")
-            doubt = confidence(loc, settings.low_confidence_sigma_m, settings.min_understood)
+            doubt = confidence(loc, settings.low_confidence_sigma_m, settings.min_understood,
+                               settings.min_probability)
             self._answers.localized(query, loc, doubt, settings, localizer.map.cells_by_id)
         except QueryRejected as exc:
             self._answers.rejected(query, exc)

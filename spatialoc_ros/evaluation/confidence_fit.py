@@ -1,0 +1,243 @@
+"""Fitting and checking the answer's probability of being right (:mod:`..core.confidence`).
+
+The model is fitted on validation answers at several gallery sizes: the
+validation gallery grown with distractor cells of other cities
+(:mod:`.distractors`), so that it learns how a larger map lowers the chance
+that the best-looking cell is the right one. Its reliability is reported as
+the expected calibration error (ECE: the mean gap between predicted and
+observed frequency over ten equal-width bins of p, weighted by bin size) and
+the AUROC of telling right answers from wrong ones (the probability that a
+random right answer gets a higher p than a random wrong one; ties count 1/2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from ..core.confidence import FEATURES, RIGHT_M, ProbabilityModel, inflate_covariance
+from .localization import TARGET_2SIGMA, calibration_report, mahalanobis_sq
+
+L2 = 1e-3  # ridge on the standardised weights: keeps the fit finite on separable data
+ECE_BINS = 10
+
+
+@dataclass
+class Answers:
+    """Published answers of a set of queries: what the model sees and what happened."""
+
+    features: torch.Tensor  # [B, F] float64
+    right: torch.Tensor  # [B] bool: within RIGHT_M of the truth, in its scene
+    err_xy: torch.Tensor  # [B, 2] truth - answer (metres; meaningless across scenes)
+    cov: torch.Tensor  # [B, 2, 2] the mixture covariance of eq. (2), before the far term
+    cells: torch.Tensor  # [B] gallery size of each answer
+
+    @staticmethod
+    def cat(parts: Sequence["Answers"]) -> "Answers":
+        return Answers(*(torch.cat([getattr(p, f) for p in parts])
+                         for f in ("features", "right", "err_xy", "cov", "cells")))
+
+
+def answers_of(loc, readings, ordered, truth: torch.Tensor,
+               query_scene: torch.Tensor) -> Answers:
+    """The published answers of a batch of queries from their consensus-ordered candidates, as
+    :meth:`~..inference.Localizer.published` computes them (the covariance before its far
+    term)."""
+    informative = torch.tensor([r.informative for r in readings], dtype=torch.float64)
+    evidence = torch.tensor([r.evidence for r in readings], dtype=torch.float64)
+    feats = loc.answer_features(ordered, evidence, informative)
+    _, cov = loc.covariances(ordered, evidence)
+    best = ordered.positions[:, 0]
+    err = truth - best
+    right = (loc.scene_index[ordered.rows[:, 0]] == query_scene) & (err.norm(dim=1) <= RIGHT_M)
+    return Answers(feats, right, err, cov, torch.full((len(readings),), float(loc.num_cells)))
+
+
+def collect_answers(loc, queries, progress: bool = True, batch: int = 64) -> Answers:
+    """Answers of ``queries`` (poses with text, scene, pose_w) in ``loc``'s current gallery."""
+    from tqdm import tqdm
+
+    readings = loc.read([q.text for q in queries])
+    hints = [r.hints for r in readings]
+    loc.encode_sentences(sorted({s for h in hints for s in h}))
+    scene_of = {}
+    for row, cell in enumerate(loc.cells):
+        scene_of.setdefault(cell.scene, int(loc.scene_index[row]))
+    parts = []
+    for start in tqdm(range(0, len(queries), batch), desc=f"answers at {loc.num_cells} cells",
+                      unit="batch", disable=not progress):
+        sl = slice(start, start + batch)
+        cand = loc.candidates(hints[sl], loc.top_k)
+        informative = torch.tensor([r.informative for r in readings[sl]], dtype=torch.float64)
+        ordered = loc.consensus(cand, informative)
+        truth = torch.tensor(np.stack([q.pose_w[:2] for q in queries[sl]]), dtype=torch.float64)
+        scene = torch.tensor([scene_of.get(q.scene, -1) for q in queries[sl]])
+        parts.append(answers_of(loc, readings[sl], ordered, truth, scene))
+    return Answers.cat(parts)
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = L2):
+    """(weights [F], bias, mean [F], std [F]) of a ridge logistic regression of y on x."""
+    x = x.double()
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    z = (x - mean) / std
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-10,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    target = y.double()
+
+    def closure():
+        opt.zero_grad()
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, target)
+                + l2 * (w * w).sum())
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), float(b.detach()), mean, std
+
+
+def fit_far_variance(answers: Answers, probability: torch.Tensor) -> float:
+    """V_far (m²) whose inflated covariances hold 86.5 % of the errors in 2 sigma (bisection in
+    log space; coverage grows with V_far). 0 when the mixture alone already holds that many."""
+    def coverage(v: float) -> float:
+        cov = inflate_covariance(answers.cov, probability, v)
+        return float((mahalanobis_sq(answers.err_xy.double(), cov) <= 4).double().mean())
+
+    if coverage(0.0) >= TARGET_2SIGMA:
+        return 0.0
+    lo, hi = -2.0, 14.0  # log10 m²
+    if coverage(10 ** hi) < TARGET_2SIGMA:
+        return 10 ** hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if coverage(10 ** mid) < TARGET_2SIGMA else (lo, mid)
+    return 10 ** hi
+
+
+def fit_probability(answers: Answers, fitted_on: str = "") -> ProbabilityModel:
+    w, b, mean, std = fit_logistic(answers.features, answers.right)
+    model = ProbabilityModel(w.tolist(), b, mean.tolist(), std.tolist(), fitted_on=fitted_on)
+    model.far_variance_m2 = fit_far_variance(answers, model.probability(answers.features))
+    return model
+
+
+def expected_calibration_error(p: torch.Tensor, right: torch.Tensor,
+                               bins: int = ECE_BINS) -> float:
+    """ECE over ``bins`` equal-width bins of p (see the module docstring)."""
+    p, y = p.double(), right.double()
+    which = (p * bins).long().clamp(0, bins - 1)
+    total = 0.0
+    for i in range(bins):
+        at = which == i
+        if at.any():
+            total += float(at.double().mean()) * abs(float(p[at].mean()) - float(y[at].mean()))
+    return total
+
+
+def auroc(p: torch.Tensor, right: torch.Tensor) -> float:
+    """Probability that a right answer outranks a wrong one (ties 1/2); nan without both."""
+    p = p.double().numpy()
+    y = right.numpy().astype(bool)
+    pos, neg = p[y], p[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    values = np.concatenate([pos, neg])[order]
+    ranks = np.empty(len(values))
+    # average ranks over ties
+    start = 0
+    while start < len(values):
+        stop = start
+        while stop + 1 < len(values) and values[stop + 1] == values[start]:
+            stop += 1
+        ranks[start:stop + 1] = 0.5 * (start + stop) + 1.0
+        start = stop + 1
+    rank_of = np.empty(len(values))
+    rank_of[order] = ranks
+    pos_ranks = rank_of[:len(pos)].sum()
+    return float((pos_ranks - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def reliability(p: torch.Tensor, right: torch.Tensor) -> Dict[str, float]:
+    """ECE, AUROC, Brier score, mean p and the observed share of right answers."""
+    return {"ece": expected_calibration_error(p, right), "auroc": auroc(p, right),
+            "brier": float(((p.double() - right.double()) ** 2).mean()),
+            "mean_probability": float(p.double().mean()),
+            "right_share": float(right.double().mean())}
+
+
+def check(model: ProbabilityModel, answers: Answers) -> Dict[str, object]:
+    """Reliability of p, and the coverage of the covariance with and without the far term."""
+    p = model.probability(answers.features)
+    inflated = inflate_covariance(answers.cov, p, model.far_variance_m2)
+    return {"probability": reliability(p, answers.right),
+            "covariance": calibration_report(answers.err_xy.double(), inflated),
+            "covariance_without_far_term": calibration_report(answers.err_xy.double(),
+                                                              answers.cov.double())}
+
+
+def feature_table(model: ProbabilityModel) -> List[str]:
+    return [f"{name:>14}: weight {w:+.3f} (per std {s:.3g})"
+            for name, w, s in zip(FEATURES, model.weights, model.std)]
+
+
+def fit_probability_on_val(data: str, weights: str, sizes: Sequence[int], cache=None,
+                           progress: bool = True, shortlist: int = 256) -> dict:
+    """Fit the probability model on the validation queries with the validation gallery grown to
+    each of ``sizes`` cells (two-stage retrieval), write it into WEIGHTS/calibration.json and
+    return its report per size."""
+    from pathlib import Path
+
+    from ..atomic import write_json
+    from ..core.weights import CALIBRATION_FILE
+    from ..data.constants import SPLITS
+    from ..errors import SpatialocError
+    from ..inference import Localizer
+    from .scale import distractor_store, grow_gallery
+
+    loc = Localizer(data, weights, scenes=list(SPLITS["val"]), cache=cache, device="cpu",
+                    progress=progress)
+    base = loc.num_cells
+    sizes = sorted({max(int(n), base) for n in sizes})
+    if not sizes:
+        raise SpatialocError("--fit-probability needs at least one gallery size")
+    queries = loc.map.poses
+    store = distractor_store(loc, data, sizes[-1] - base, cache, progress)
+    parts = []
+    for n in sizes:
+        grow_gallery(loc, store.head(n - base), "two-stage", shortlist=shortlist)
+        parts.append(collect_answers(loc, queries, progress))
+    answers = Answers.cat(parts)
+    model = fit_probability(answers, fitted_on=(
+        f"val: {len(queries)} queries at gallery sizes {', '.join(str(n) for n in sizes)} "
+        f"(validation cells + distractor cells of other cities)"))
+    loc.calibration.probability = model.to_dict()
+    path = Path(weights) / CALIBRATION_FILE
+    write_json(path, loc.calibration.to_dict())
+    per_size = {str(n): check(model, part) for n, part in zip(sizes, parts)}
+    return {"calibration_file": str(path), "probability_model": model.to_dict(),
+            "fit": check(model, answers), "by_gallery_size": per_size}
+
+
+def format_probability_report(report: dict) -> str:
+    model = ProbabilityModel.from_dict(report["probability_model"])
+    lines = [f"probability of an answer within {RIGHT_M:.0f} m, fitted on {model.fitted_on}"]
+    lines += feature_table(model)
+    lines.append(f"far variance {model.far_variance_m2:.4g} m² "
+                 f"(sigma {model.far_variance_m2 ** 0.5:.0f} m at p = 0)")
+    lines.append(f"{'cells':>8} {'right':>6} {'mean p':>7} {'ECE':>6} {'AUROC':>6} "
+                 f"{'1/2 sigma %':>12} {'without far term':>17}")
+    for n, r in report["by_gallery_size"].items():
+        p, c, c0 = r["probability"], r["covariance"], r["covariance_without_far_term"]
+        lines.append(f"{int(n):>8} {p['right_share']:6.3f} {p['mean_probability']:7.3f} "
+                     f"{p['ece']:6.3f} {p['auroc']:6.3f} "
+                     f"{100 * c['within_1sigma']:5.1f}/{100 * c['within_2sigma']:4.1f}  "
+                     f"{100 * c0['within_1sigma']:10.1f}/{100 * c0['within_2sigma']:4.1f}")
+    lines.append(f"wrote {report['calibration_file']}")
+    return "\n".join(lines)
