@@ -334,3 +334,19 @@ def test_settings_mirror_the_parameter_table():
     assert Settings.from_values({"scenes": ("a",), "top_k": 3}).scenes == ["a"]
     with pytest.raises(KeyError):
         Settings.from_values({"no_such_parameter": 1})
+
+
+def test_the_answer_probability_travels_and_a_low_one_is_low_confidence():
+    loc = localization()
+    assert math.isnan(loc.probability)  # no model fitted: never a reason by itself
+    assert confidence(loc, 20.0, min_probability=0.5) is None
+    for r, h in enumerate(loc.hypotheses):
+        h.probability = [0.3, 0.5, 0.2][r] if r < 3 else 0.0
+    assert "probability 0.30" in confidence(loc, 20.0, min_probability=0.5)
+    assert confidence(loc, 20.0, min_probability=0.25) is None
+    msg = result_msg(header(), TEXT, LocalizationResult.STATUS_LOW_CONFIDENCE, "x", loc)
+    back = deserialize_message(serialize_message(msg), LocalizationResult)
+    assert back.probability == pytest.approx(0.3)
+    assert [h.probability for h in back.hypotheses][:3] == pytest.approx([0.3, 0.5, 0.2])
+    plain = result_msg(header(), TEXT, LocalizationResult.STATUS_OK, "", localization())
+    assert math.isnan(plain.probability) and math.isnan(plain.hypotheses[0].probability)

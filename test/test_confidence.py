@@ -1,0 +1,142 @@
+"""The answer's probability of being right, its reliability measures and the far term."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from spatialoc_ros.core.confidence import (FEATURES, ProbabilityModel, answer_features,
+                                           hypothesis_probabilities, inflate_covariance)
+from spatialoc_ros.core.covariance import Calibration
+from spatialoc_ros.evaluation.confidence_fit import (Answers, auroc, expected_calibration_error,
+                                                     fit_far_variance, fit_logistic,
+                                                     fit_probability, reliability)
+from spatialoc_ros.evaluation.localization import TARGET_2SIGMA, mahalanobis_sq
+
+
+def test_auroc_counts_ordered_pairs_and_halves_ties():
+    right = torch.tensor([True, True, False, False])
+    assert auroc(torch.tensor([0.9, 0.8, 0.2, 0.1]), right) == 1.0
+    assert auroc(torch.tensor([0.1, 0.2, 0.8, 0.9]), right) == 0.0
+    # pairs (right, wrong): (0.9, 0.5) win, (0.9, 0.1) win, (0.5, 0.5) tie, (0.5, 0.1) win
+    assert auroc(torch.tensor([0.9, 0.5, 0.5, 0.1]), right) == pytest.approx(3.5 / 4)
+    assert math.isnan(auroc(torch.tensor([0.3, 0.4]), torch.tensor([True, True])))
+
+
+def test_expected_calibration_error_by_hand():
+    # bin [0.2, 0.3): p 0.25 twice, one right -> gap 0.25 over half the answers;
+    # bin [0.9, 1.0]: p 0.95 twice, both right -> gap 0.05 over the other half
+    p = torch.tensor([0.25, 0.25, 0.95, 0.95])
+    right = torch.tensor([True, False, True, True])
+    assert expected_calibration_error(p, right) == pytest.approx(0.5 * 0.25 + 0.5 * 0.05)
+    assert expected_calibration_error(torch.tensor([1.0, 0.0]),
+                                      torch.tensor([True, False])) == pytest.approx(0.0)
+
+
+def test_a_logistic_fit_recovers_a_known_model():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, 2, generator=g, dtype=torch.float64)
+    logit = 2.0 * x[:, 0] - 1.0 * x[:, 1] + 0.5
+    y = torch.rand(20_000, generator=g, dtype=torch.float64) < torch.sigmoid(logit)
+    w, b, mean, std = fit_logistic(x, y, l2=0.0)
+    # weights are per standardised feature: back to raw units
+    raw = w / std
+    # 20,000 samples: the standard error of each weight is about 0.03
+    assert raw.tolist() == pytest.approx([2.0, -1.0], abs=0.15)
+    assert b - float((w * mean / std).sum()) == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_fitted_model_is_calibrated_on_its_own_data():
+    g = torch.Generator().manual_seed(1)
+    n = 8000
+    feats = torch.randn(n, len(FEATURES), generator=g, dtype=torch.float64)
+    y = torch.rand(n, generator=g, dtype=torch.float64) < torch.sigmoid(1.5 * feats[:, 1])
+    answers = Answers(feats, y, torch.zeros(n, 2, dtype=torch.float64),
+                      torch.eye(2, dtype=torch.float64).repeat(n, 1, 1),
+                      torch.full((n,), 1000.0))
+    model = fit_probability(answers)
+    p = model.probability(feats)
+    r = reliability(p, y)
+    # a logistic model fitted by maximum likelihood with an intercept matches the mean exactly
+    # (up to the ridge); binning noise of 8,000 answers in 10 bins stays under 0.03
+    assert abs(r["mean_probability"] - r["right_share"]) < 0.01
+    assert r["ece"] < 0.03 and r["auroc"] > 0.75
+    back = ProbabilityModel.from_dict(model.to_dict())
+    assert torch.allclose(back.probability(feats), p)
+
+
+def test_the_far_term_reaches_the_two_sigma_target():
+    g = torch.Generator().manual_seed(2)
+    n = 4000
+    # right answers: errors of the unit Gaussian the covariance says; wrong ones: 50 to 1000 m
+    right = torch.rand(n, generator=g) < 0.7
+    err = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    far = 50.0 + 950.0 * torch.rand(int((~right).sum()), 1, generator=g, dtype=torch.float64)
+    err[~right] = far * torch.nn.functional.normalize(err[~right], dim=1)
+    cov = torch.eye(2, dtype=torch.float64).repeat(n, 1, 1)
+    answers = Answers(torch.zeros(n, len(FEATURES), dtype=torch.float64), right, err, cov,
+                      torch.full((n,), 1000.0))
+    p = torch.where(right, 0.95, 0.05).double()
+    v = fit_far_variance(answers, p)
+    inflated = inflate_covariance(cov, p, v)
+    covered = float((mahalanobis_sq(err, inflated) <= 4).double().mean())
+    # the smallest V_far with coverage >= the target: one answer (1/n) above it at most
+    assert TARGET_2SIGMA <= covered < TARGET_2SIGMA + 2 / n
+    # a doubtful answer's ellipse grows 19 times more than a sure one's: (1 - 0.05) / (1 - 0.95)
+    grow_doubtful = float(inflated[~right][0, 0, 0]) - 1.0
+    grow_sure = float(inflated[right][0, 0, 0]) - 1.0
+    assert grow_doubtful == pytest.approx(19 * grow_sure)
+
+
+def test_inflate_keeps_sure_answers_and_widens_doubtful_ones():
+    cov = torch.tensor([[[4.0, 1.0], [1.0, 9.0]]] * 2, dtype=torch.float64)
+    out = inflate_covariance(cov, torch.tensor([1.0, 0.25]), 100.0)
+    assert torch.equal(out[0], cov[0])
+    assert torch.allclose(out[1], cov[1] + 75.0 * torch.eye(2, dtype=torch.float64))
+
+
+def test_every_hypothesis_gets_a_share_that_sums_to_one():
+    weights = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.2, 0.6]], dtype=torch.float64)
+    probs = hypothesis_probabilities(torch.tensor([0.9, 0.3]), weights)
+    assert torch.allclose(probs.sum(1), torch.ones(2, dtype=torch.float64))
+    assert probs[0, 0] == pytest.approx(0.9) and probs[1, 0] == pytest.approx(0.3)
+    assert probs[1, 2] == pytest.approx(0.7 * 0.75)
+
+
+def test_answer_features_by_hand():
+    scores = torch.tensor([[5.0, 4.0, 3.0]], dtype=torch.float64)
+    positions = torch.tensor([[[0.0, 0.0], [5.0, 0.0], [100.0, 0.0]]], dtype=torch.float64)
+    scene = torch.tensor([[0, 0, 0]])
+    f = answer_features(scores, positions, scene, torch.tensor([[4.0, 1.0, 1.0]]),
+                        torch.tensor([[2, 1, 1]]), torch.tensor([0.5]), 1000)
+    named = dict(zip(FEATURES, f[0].tolist()))
+    assert named["score"] == 5.0
+    assert named["margin"] == 2.0  # the 5 m neighbour agrees; the one 100 m away is elsewhere
+    assert named["agreeing"] == pytest.approx(math.log(3.0))
+    assert named["log_precision"] == pytest.approx(math.log(4.0))
+    assert named["evidence"] == 0.5 and named["log_cells"] == pytest.approx(3.0)
+    # another scene is elsewhere however close its coordinates
+    f2 = answer_features(scores, positions, torch.tensor([[0, 1, 0]]), torch.ones(1, 3),
+                         torch.ones(1, 3, dtype=torch.long), torch.ones(1), 10)
+    assert dict(zip(FEATURES, f2[0].tolist()))["margin"] == 1.0
+
+
+def test_the_calibration_file_round_trips_the_model():
+    model = ProbabilityModel([0.1] * len(FEATURES), -0.2, [0.0] * len(FEATURES),
+                             [1.0] * len(FEATURES), far_variance_m2=2500.0, fitted_on="val")
+    cal = Calibration(2.0, 1.0, "val", probability=model.to_dict())
+    back = Calibration.from_dict(cal.to_dict())
+    assert ProbabilityModel.from_dict(back.probability).to_dict() == model.to_dict()
+    assert Calibration.from_dict(Calibration(2.0, 1.0).to_dict()).probability is None
+    bad = dict(model.to_dict(), features=["score"])
+    with pytest.raises(ValueError, match="fit it again"):
+        ProbabilityModel.from_dict(bad)
+
+
+def test_auroc_matches_a_pairwise_count_on_random_data():
+    rng = np.random.default_rng(3)
+    p = torch.from_numpy(rng.integers(0, 20, 300) / 20.0)  # many ties
+    right = torch.from_numpy(rng.random(300) < 0.5)
+    pos, neg = p[right].numpy(), p[~right].numpy()
+    pairs = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
+    assert auroc(p, right) == pytest.approx(pairs / (len(pos) * len(neg)))
