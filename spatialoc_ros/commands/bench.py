@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 DEFAULT_MAPS = ("data/demo_map", "data/benchmark")
@@ -55,7 +56,7 @@ def add_bench_command(commands) -> None:
 def _run_bench(args) -> int:
     from ..data.constants import SPLITS
     from ..errors import SpatialocError
-    from ..evaluation.bench import bench_map, format_bench, peak_rss_mb
+    from ..evaluation.bench import bench_map, cpu_model, format_bench, peak_rss_mb, process_times
 
     if args.scale:
         return _run_scale(args)
@@ -79,7 +80,9 @@ def _run_bench(args) -> int:
                                      top_k=args.top_k, device=device,
                                      rebuild=args.rebuild or not benchmark,
                                      progress=not args.json, texts=texts))
-    result = {"device": reports[0]["device"], "maps": reports, "peak_rss_mb": peak_rss_mb()}
+    result = {"device": reports[0]["device"], "maps": reports, "peak_rss_mb": peak_rss_mb(),
+              "cpu": {"model": cpu_model(), "cores": os.cpu_count(),
+                      "threads": torch.get_num_threads(), **process_times()}}
     # the first map's figures also at the top level (the documented JSON shape)
     for key in ("gallery_cells", "top_k", "end_to_end_ms", "language_ms", "text_ms", "coarse_ms",
                 "fine_ms"):
@@ -105,6 +108,10 @@ def _run_bench(args) -> int:
     else:
         print("\n\n".join(format_bench(r) for r in reports))
         print(f"\npeak resident memory: {result['peak_rss_mb']:.0f} MB")
+        cpu = result["cpu"]
+        print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['threads']} threads; "
+              f"{cpu['user_s']:.0f} s user, {cpu['system_s']:.0f} s system, "
+              f"{cpu['minor_page_faults']:,} minor page faults")
         dds = result.get("dds_query_to_pose_ms", {})
         if "median" in dds:
             print(f"query to pose over DDS ({dds['map']}, scene {dds['scene']}, node in its own "
@@ -142,10 +149,18 @@ def _run_scale(args) -> int:
                         index=args.index, device=device, progress=not args.json)
     if args.plot:
         plot_scale(rows, args.plot)
+    import torch
+
+    from ..evaluation.bench import cpu_model, process_times
+
+    cpu = {"model": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+           **process_times()}
     if args.json:
-        print(json.dumps({"device": device, "scale": rows[-1], "scales": rows}))
+        print(json.dumps({"device": device, "cpu": cpu, "scale": rows[-1], "scales": rows}))
     else:
         print(format_scale(rows))
+        print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['threads']} threads; "
+              f"{cpu['user_s']:.0f} s user, {cpu['system_s']:.0f} s system")
         if args.plot:
             print(f"wrote {args.plot}")
     return 0

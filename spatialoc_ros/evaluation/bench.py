@@ -36,6 +36,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def process_times() -> Dict[str, float]:
+    """CPU seconds of this process in user and kernel (system) mode and its minor page faults:
+    a large system share points at memory churn (pages faulted in again and again) or threads
+    waiting on each other, not at arithmetic."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user_s": r.ru_utime, "system_s": r.ru_stime, "minor_page_faults": r.ru_minflt}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
               queries: int = 100, top_k: int = 10, device="cpu", rebuild: bool = False,
               seed: int = 0, progress: bool = True,
