@@ -24,13 +24,15 @@ def make_cells(count, seed=0, slots=SLOTS):
     g = torch.Generator().manual_seed(seed)
     valid = torch.randint(1, slots + 1, (count,), generator=g)
     mask = torch.arange(slots)[None] < valid[:, None]
+    valid_slot = mask[..., None]
     desc = CoarseOutputs(p_glo=_unit(torch.randn(count, DIM, generator=g)),
-                         p_obj=_unit(torch.randn(count, slots, DIM, generator=g)) * mask[..., None],
-                         p_rel=_unit(torch.randn(count, slots, DIM, generator=g)) * mask[..., None],
+                         p_obj=_unit(torch.randn(count, slots, DIM, generator=g)) * valid_slot,
+                         p_rel=_unit(torch.randn(count, slots, DIM, generator=g)) * valid_slot,
                          p_mask=mask)
     ids = [f"c{seed}_{i:04d}" for i in range(count)]
-    bank = CellBank(ids, torch.rand(count, slots, POINT_DIM, generator=g) * mask[..., None],
-                    torch.rand(count, slots, 3, generator=g), torch.rand(count, slots, 3, generator=g),
+    bank = CellBank(ids, torch.rand(count, slots, POINT_DIM, generator=g) * valid_slot,
+                    torch.rand(count, slots, 3, generator=g),
+                    torch.rand(count, slots, 3, generator=g),
                     torch.randint(1, 500, (count, slots), generator=g) * mask, mask)
     return Gallery(ids, desc), bank
 
@@ -67,8 +69,8 @@ def test_a_store_reads_back_what_was_written(tmp_path):
     assert torch.equal(got["mask"], want["mask"]) and torch.equal(got["counts"], want["counts"])
     torch.testing.assert_close(got["point_features"], want["point_features"], rtol=2 ** -10,
                                atol=2 ** -14)
-    assert torch.equal(got["centers"], want["centers"]) and torch.equal(got["colors"],
-                                                                       want["colors"])
+    assert torch.equal(got["centers"], want["centers"])
+    assert torch.equal(got["colors"], want["colors"])
     assert np.array_equal(store.column("cell_size"), np.full(40, 30.0))
     assert store.scene_names()[6:8] == ["scene0", "scene1"]  # chunks of 7 rows
 

@@ -516,7 +516,7 @@ class FakeLocalizer:
     release = None  # a threading.Event that localize() waits for, when set by a test
 
     def __init__(self, map_dir, weights, scenes=None, device="auto", cache=None, top_k=10,
-                 max_chars=2000, max_hints=12):
+                 max_chars=2000, max_hints=12, retriever="two-stage", retriever_options=None):
         from spatialoc_ros.data.schema import Cell, Object3d
 
         points = np.random.default_rng(0).random((50, 3))
