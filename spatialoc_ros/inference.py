@@ -304,7 +304,7 @@ class Localizer:
         p = model.probability(self.answer_features(cand, evidence, informative))
         weights = mixture_weights(informative_scores(cand.scores.double(), evidence),
                                   self.calibration.beta)
-        return (var, inflate_covariance(cov, p, model.far_variance_m2),
+        return (var, inflate_covariance(cov, p, model.far_variance_m2, model.far_power),
                 hypothesis_probabilities(p, weights))
 
     def hypotheses(self, cand: Candidates, evidence: Optional[torch.Tensor] = None,

@@ -140,3 +140,33 @@ def test_auroc_matches_a_pairwise_count_on_random_data():
     pos, neg = p[right].numpy(), p[~right].numpy()
     pairs = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
     assert auroc(p, right) == pytest.approx(pairs / (len(pos) * len(neg)))
+
+
+def test_a_joint_scale_fit_hits_both_coverage_targets():
+    """Right answers with errors 3 times wider than their unit fine variance, wrong ones far:
+    the scale must grow to about 9 while V_far covers the wrong ones."""
+    from spatialoc_ros.evaluation.confidence_fit import fit_scale_and_far_variance
+    from spatialoc_ros.evaluation.localization import TARGET_1SIGMA
+
+    g = torch.Generator().manual_seed(4)
+    n = 6000
+    right = torch.rand(n, generator=g) < 0.8
+    err = 3.0 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    far = 100.0 + 900.0 * torch.rand(int((~right).sum()), 1, generator=g, dtype=torch.float64)
+    err[~right] = far * torch.nn.functional.normalize(err[~right], dim=1)
+    eye = torch.eye(2, dtype=torch.float64)
+    feats = torch.zeros(n, len(FEATURES), dtype=torch.float64)
+    feats[:, 1] = right.double() * 4.0 - 2.0  # a margin that tells right from wrong
+    answers = Answers(feats, right, err, eye.repeat(n, 1, 1), torch.full((n,), 1e3),
+                      iso=torch.ones(n, dtype=torch.float64), scale=1.0)
+    # cov_at: the isotropic part scales, nothing else
+    assert torch.allclose(answers.cov_at(4.0), 4.0 * eye.repeat(n, 1, 1))
+    model = fit_probability(answers)
+    scale = fit_scale_and_far_variance(answers, model)
+    assert 6.0 < scale < 13.0  # 9 in exact arithmetic, on a grid of 10**0.05 steps
+    p = model.probability(feats)
+    d2 = mahalanobis_sq(err, inflate_covariance(answers.cov_at(scale), p,
+                                                model.far_variance_m2, model.far_power))
+    assert model.far_power > 1.0  # sure right answers must keep their own ellipses
+    assert abs(float((d2 <= 1).double().mean()) - TARGET_1SIGMA) < 0.03
+    assert abs(float((d2 <= 4).double().mean()) - TARGET_2SIGMA) < 0.03

@@ -100,9 +100,11 @@ class StackedCells:
         return out
 
     def instance(self, rows: torch.Tensor) -> CoarseOutputs:
-        return CoarseOutputs(**self._gather(
-            rows, lambda part, local: {k: getattr(part.instance(local), k)
-                                       for k in ("p_obj", "p_rel", "p_mask")}))
+        def fetch(part, local):
+            inst = part.instance(local)
+            return {k: getattr(inst, k) for k in ("p_obj", "p_rel", "p_mask")}
+
+        return CoarseOutputs(**self._gather(rows, fetch))
 
     def bank_batch(self, rows: torch.Tensor) -> dict:
         return self._gather(rows, lambda part, local: part.bank_batch(local))

@@ -24,11 +24,15 @@ with the calibration (``calibration.json``, key ``probability``).
 The published covariance keeps the mixture of eq. (2) of :mod:`.covariance` and
 adds the doubt the mixture cannot see, an isotropic term for "somewhere else":
 
-    Sigma' = Sigma + (1 - p) · V_far · I
+    Sigma' = Sigma + (1 - p)^gamma · V_far · I
 
-with V_far (m²) fitted on the same answers so that the 2-sigma ellipse holds
-86.5 % of them. A sure answer keeps its ellipse; a doubtful one gets an
-ellipse as wide as the places it may be confused with.
+with V_far (m²), gamma and the fine variances' scale fitted on the same
+answers so that the 1- and 2-sigma ellipses hold 39.3 % and 86.5 % of them
+(:func:`..evaluation.confidence_fit.fit_scale_and_far_variance`). A sure answer
+keeps its ellipse; a doubtful one gets an ellipse as wide as the places it may
+be confused with. (With gamma = 1 the term a confident right answer still gets,
+(1 - 0.95) · V_far, is several times its own fine variance: the ellipses of the
+right answers grow too wide for 39.3 % inside 1 sigma.)
 """
 from __future__ import annotations
 
@@ -54,11 +58,13 @@ class ProbabilityModel:
     far_variance_m2: float = 0.0
     features: List[str] = field(default_factory=lambda: list(FEATURES))
     fitted_on: str = ""
+    far_power: float = 1.0  # gamma of the far term (1 - p)**gamma
 
     def to_dict(self) -> dict:
         return {"features": list(self.features), "weights": list(self.weights),
                 "bias": self.bias, "mean": list(self.mean), "std": list(self.std),
-                "far_variance_m2": self.far_variance_m2, "fitted_on": self.fitted_on}
+                "far_variance_m2": self.far_variance_m2, "far_power": self.far_power,
+                "fitted_on": self.fitted_on}
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> Optional["ProbabilityModel"]:
@@ -70,7 +76,7 @@ class ProbabilityModel:
         return cls([float(v) for v in d["weights"]], float(d["bias"]),
                    [float(v) for v in d["mean"]], [float(v) for v in d["std"]],
                    float(d.get("far_variance_m2", 0.0)), list(d["features"]),
-                   str(d.get("fitted_on", "")))
+                   str(d.get("fitted_on", "")), float(d.get("far_power", 1.0)))
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         x = (features.double() - torch.tensor(self.mean, dtype=torch.float64)) / torch.tensor(
@@ -106,11 +112,11 @@ def answer_features(scores: torch.Tensor, positions: torch.Tensor, scene: torch.
 
 
 def inflate_covariance(cov: torch.Tensor, probability: torch.Tensor,
-                       far_variance_m2: float) -> torch.Tensor:
-    """Sigma + (1 - p) V_far I for covariances [B, 2, 2] and probabilities [B]."""
+                       far_variance_m2: float, far_power: float = 1.0) -> torch.Tensor:
+    """Sigma + (1 - p)**gamma V_far I for covariances [B, 2, 2] and probabilities [B]."""
     from .covariance import MAX_VARIANCE_M2
 
-    extra = (1.0 - probability.double()).clamp(0.0, 1.0) * far_variance_m2
+    extra = (1.0 - probability.double()).clamp(0.0, 1.0) ** far_power * far_variance_m2
     out = cov.double() + extra[:, None, None] * torch.eye(2, dtype=torch.float64)
     return out.clamp(-MAX_VARIANCE_M2, MAX_VARIANCE_M2)
 

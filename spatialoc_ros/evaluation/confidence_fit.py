@@ -12,13 +12,13 @@ random right answer gets a higher p than a random wrong one; ties count 1/2).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..core.confidence import FEATURES, RIGHT_M, ProbabilityModel, inflate_covariance
-from .localization import TARGET_2SIGMA, calibration_report, mahalanobis_sq
+from .localization import TARGET_1SIGMA, TARGET_2SIGMA, calibration_report, mahalanobis_sq
 
 L2 = 1e-3  # ridge on the standardised weights: keeps the fit finite on separable data
 ECE_BINS = 10
@@ -33,11 +33,25 @@ class Answers:
     err_xy: torch.Tensor  # [B, 2] truth - answer (metres; meaningless across scenes)
     cov: torch.Tensor  # [B, 2, 2] the mixture covariance of eq. (2), before the far term
     cells: torch.Tensor  # [B] gallery size of each answer
+    # [B] the part of cov that scales with the calibration's ``scale`` (its isotropic fine
+    # variance, sum_i w_i sigma_i²), so that cov at another scale s' is cov + (s'/s - 1) iso I
+    iso: Optional[torch.Tensor] = None
+    scale: float = 1.0  # the calibration scale cov was computed with
 
     @staticmethod
     def cat(parts: Sequence["Answers"]) -> "Answers":
-        return Answers(*(torch.cat([getattr(p, f) for p in parts])
-                         for f in ("features", "right", "err_xy", "cov", "cells")))
+        out = Answers(*(torch.cat([getattr(p, f) for p in parts])
+                        for f in ("features", "right", "err_xy", "cov", "cells")))
+        if all(p.iso is not None for p in parts):
+            out.iso, out.scale = torch.cat([p.iso for p in parts]), parts[0].scale
+        return out
+
+    def cov_at(self, scale: float) -> torch.Tensor:
+        """The mixture covariance with the fine variances at calibration ``scale``."""
+        if self.iso is None or scale == self.scale:
+            return self.cov
+        extra = (scale / self.scale - 1.0) * self.iso
+        return self.cov + extra[:, None, None] * torch.eye(2, dtype=self.cov.dtype)
 
 
 def answers_of(loc, readings, ordered, truth: torch.Tensor,
@@ -47,12 +61,17 @@ def answers_of(loc, readings, ordered, truth: torch.Tensor,
     term)."""
     informative = torch.tensor([r.informative for r in readings], dtype=torch.float64)
     evidence = torch.tensor([r.evidence for r in readings], dtype=torch.float64)
+    from ..core.covariance import informative_scores, mixture_weights
+
     feats = loc.answer_features(ordered, evidence, informative)
-    _, cov = loc.covariances(ordered, evidence)
+    var, cov = loc.covariances(ordered, evidence)
+    weights = mixture_weights(informative_scores(ordered.scores.double(), evidence),
+                              loc.calibration.beta)
     best = ordered.positions[:, 0]
     err = truth - best
     right = (loc.scene_index[ordered.rows[:, 0]] == query_scene) & (err.norm(dim=1) <= RIGHT_M)
-    return Answers(feats, right, err, cov, torch.full((len(readings),), float(loc.num_cells)))
+    return Answers(feats, right, err, cov, torch.full((len(readings),), float(loc.num_cells)),
+                   (weights * var).sum(1), loc.calibration.scale)
 
 
 def collect_answers(loc, queries, progress: bool = True, batch: int = 64) -> Answers:
@@ -102,11 +121,15 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = L2):
     return w.detach(), float(b.detach()), mean, std
 
 
-def fit_far_variance(answers: Answers, probability: torch.Tensor) -> float:
+def fit_far_variance(answers: Answers, probability: torch.Tensor,
+                     scale: Optional[float] = None, power: float = 1.0) -> float:
     """V_far (m²) whose inflated covariances hold 86.5 % of the errors in 2 sigma (bisection in
-    log space; coverage grows with V_far). 0 when the mixture alone already holds that many."""
+    log space; coverage grows with V_far). 0 when the mixture alone already holds that many.
+    ``scale``: the calibration scale of the fine variances (default: the answers' own)."""
+    base = answers.cov_at(answers.scale if scale is None else scale)
+
     def coverage(v: float) -> float:
-        cov = inflate_covariance(answers.cov, probability, v)
+        cov = inflate_covariance(base, probability, v, power)
         return float((mahalanobis_sq(answers.err_xy.double(), cov) <= 4).double().mean())
 
     if coverage(0.0) >= TARGET_2SIGMA:
@@ -121,10 +144,51 @@ def fit_far_variance(answers: Answers, probability: torch.Tensor) -> float:
 
 
 def fit_probability(answers: Answers, fitted_on: str = "") -> ProbabilityModel:
+    """The logistic model of p and V_far at the answers' own calibration scale."""
     w, b, mean, std = fit_logistic(answers.features, answers.right)
     model = ProbabilityModel(w.tolist(), b, mean.tolist(), std.tolist(), fitted_on=fitted_on)
     model.far_variance_m2 = fit_far_variance(answers, model.probability(answers.features))
     return model
+
+
+FAR_POWERS = (1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def fit_scale_and_far_variance(answers: Answers, model: ProbabilityModel,
+                               log_scales: Sequence[float] = tuple(
+                                   x / 20.0 for x in range(-60, 41)),
+                               powers: Sequence[float] = FAR_POWERS) -> float:
+    """The calibration scale (fine variances) and gamma whose fitted V_far also puts 39.3 % of
+    the errors inside 1 sigma; sets ``model.far_variance_m2`` and ``model.far_power`` and
+    returns the scale.
+
+    With V_far for the wrong answers, the fine variances no longer need to cover them: the
+    scale fitted without it (eq. (1) of :mod:`..core.covariance`) is too wide for the right
+    answers. For each gamma and each scale on a grid of log10 steps of 0.05, V_far is fitted
+    to the 2-sigma target; the pair whose 1-sigma coverage is nearest 39.3 % wins, the mean
+    negative log-likelihood breaking near-ties (as :func:`.localization.fit_calibration`).
+    """
+    from .localization import gaussian_nll
+
+    p = model.probability(answers.features)
+    err = answers.err_xy.double()
+    best = None
+    for power in powers:
+        for log_scale in log_scales:
+            scale = answers.scale * 10 ** log_scale
+            v = fit_far_variance(answers, p, scale, power)
+            cov = inflate_covariance(answers.cov_at(scale), p, v, power)
+            d2 = mahalanobis_sq(err, cov)
+            c1, c2 = float((d2 <= 1).double().mean()), float((d2 <= 4).double().mean())
+            miss = round((c1 - TARGET_1SIGMA) ** 2 + (c2 - TARGET_2SIGMA) ** 2, 5)
+            if best is not None and miss > best[0][0]:
+                continue
+            key = (miss, float(gaussian_nll(err, cov).mean()))
+            if best is None or key < best[0]:
+                best = (key, scale, v, power)
+    _, scale, v, power = best
+    model.far_variance_m2, model.far_power = v, power
+    return scale
 
 
 def expected_calibration_error(p: torch.Tensor, right: torch.Tensor,
@@ -172,10 +236,13 @@ def reliability(p: torch.Tensor, right: torch.Tensor) -> Dict[str, float]:
             "right_share": float(right.double().mean())}
 
 
-def check(model: ProbabilityModel, answers: Answers) -> Dict[str, object]:
-    """Reliability of p, and the coverage of the covariance with and without the far term."""
+def check(model: ProbabilityModel, answers: Answers,
+          scale: Optional[float] = None) -> Dict[str, object]:
+    """Reliability of p, and the coverage of the covariance with and without the far term
+    (fine variances at calibration ``scale``, default the answers' own)."""
     p = model.probability(answers.features)
-    inflated = inflate_covariance(answers.cov, p, model.far_variance_m2)
+    base = answers.cov_at(answers.scale if scale is None else scale)
+    inflated = inflate_covariance(base, p, model.far_variance_m2, model.far_power)
     return {"probability": reliability(p, answers.right),
             "covariance": calibration_report(answers.err_xy.double(), inflated),
             "covariance_without_far_term": calibration_report(answers.err_xy.double(),
@@ -217,12 +284,18 @@ def fit_probability_on_val(data: str, weights: str, sizes: Sequence[int], cache=
     model = fit_probability(answers, fitted_on=(
         f"val: {len(queries)} queries at gallery sizes {', '.join(str(n) for n in sizes)} "
         f"(validation cells + distractor cells of other cities)"))
+    before = {"scale": loc.calibration.scale,
+              "by_gallery_size": {str(n): check(model, part)["covariance_without_far_term"]
+                                  for n, part in zip(sizes, parts)}}
+    scale = fit_scale_and_far_variance(answers, model)
+    loc.calibration.scale = scale
     loc.calibration.probability = model.to_dict()
     path = Path(weights) / CALIBRATION_FILE
     write_json(path, loc.calibration.to_dict())
-    per_size = {str(n): check(model, part) for n, part in zip(sizes, parts)}
+    per_size = {str(n): check(model, part, scale) for n, part in zip(sizes, parts)}
     return {"calibration_file": str(path), "probability_model": model.to_dict(),
-            "fit": check(model, answers), "by_gallery_size": per_size}
+            "scale": scale, "without_probability": before,
+            "fit": check(model, answers, scale), "by_gallery_size": per_size}
 
 
 def format_probability_report(report: dict) -> str:
@@ -231,10 +304,13 @@ def format_probability_report(report: dict) -> str:
     lines += feature_table(model)
     lines.append(f"far variance {model.far_variance_m2:.4g} m² "
                  f"(sigma {model.far_variance_m2 ** 0.5:.0f} m at p = 0)")
+    lines.append(f"calibration scale {report['scale']:.4g} (was "
+                 f"{report['without_probability']['scale']:.4g} without the far term)")
     lines.append(f"{'cells':>8} {'right':>6} {'mean p':>7} {'ECE':>6} {'AUROC':>6} "
-                 f"{'1/2 sigma %':>12} {'without far term':>17}")
+                 f"{'1/2 sigma %':>12} {'before':>17}")
+    before = report["without_probability"]["by_gallery_size"]
     for n, r in report["by_gallery_size"].items():
-        p, c, c0 = r["probability"], r["covariance"], r["covariance_without_far_term"]
+        p, c, c0 = r["probability"], r["covariance"], before[n]
         lines.append(f"{int(n):>8} {p['right_share']:6.3f} {p['mean_probability']:7.3f} "
                      f"{p['ece']:6.3f} {p['auroc']:6.3f} "
                      f"{100 * c['within_1sigma']:5.1f}/{100 * c['within_2sigma']:4.1f}  "

@@ -294,7 +294,7 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     model = ProbabilityModel.from_dict(loc.calibration.probability)
     if model is not None:  # what is published: the far term for the answer's doubt
         p = model.probability(loc.answer_features(ordered, evidence, informative))
-        cov = inflate_covariance(cov, p, model.far_variance_m2)
+        cov = inflate_covariance(cov, p, model.far_variance_m2, model.far_power)
         right = (same_scene(ordered)[:, 0]
                  & ((truth - ordered.positions[:, 0]).norm(dim=1) <= RIGHT_M))
     out["calibration"] = calibration_report(truth - ordered.positions[:, 0], cov)
