@@ -170,3 +170,20 @@ def test_a_joint_scale_fit_hits_both_coverage_targets():
     assert model.far_power > 1.0  # sure right answers must keep their own ellipses
     assert abs(float((d2 <= 1).double().mean()) - TARGET_1SIGMA) < 0.03
     assert abs(float((d2 <= 4).double().mean()) - TARGET_2SIGMA) < 0.03
+
+
+def test_answers_round_trip_through_their_cache_file(tmp_path):
+    from spatialoc_ros.evaluation.confidence_fit import _load_answers, _save_answers
+
+    n = 5
+    answers = Answers(torch.randn(n, len(FEATURES), dtype=torch.float64),
+                      torch.tensor([True, False, True, True, False]),
+                      torch.randn(n, 2, dtype=torch.float64),
+                      torch.eye(2, dtype=torch.float64).repeat(n, 1, 1),
+                      torch.full((n,), 4139.0), torch.rand(n, dtype=torch.float64), 0.0125)
+    _save_answers(tmp_path / "a.safetensors", answers)
+    back = _load_answers(tmp_path / "a.safetensors")
+    for name in ("features", "right", "err_xy", "cov", "cells", "iso"):
+        assert torch.equal(getattr(back, name), getattr(answers, name))
+    assert back.scale == 0.0125
+    assert _load_answers(tmp_path / "missing.safetensors") is None

@@ -32,7 +32,9 @@ answers so that the 1- and 2-sigma ellipses hold 39.3 % and 86.5 % of them
 keeps its ellipse; a doubtful one gets an ellipse as wide as the places it may
 be confused with. (With gamma = 1 the term a confident right answer still gets,
 (1 - 0.95) · V_far, is several times its own fine variance: the ellipses of the
-right answers grow too wide for 39.3 % inside 1 sigma.)
+right answers grow too wide for 39.3 % inside 1 sigma. A steep gamma makes the
+term a soft threshold instead: an answer the model doubts gets an ellipse as
+large as the map, a sure one keeps its own.)
 """
 from __future__ import annotations
 

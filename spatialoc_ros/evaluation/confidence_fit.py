@@ -151,41 +151,50 @@ def fit_probability(answers: Answers, fitted_on: str = "") -> ProbabilityModel:
     return model
 
 
-FAR_POWERS = (1.0, 1.5, 2.0, 3.0, 4.0)
+# steep powers make the far term a soft threshold: answers the model doubts get an ellipse the
+# size of the map, sure ones keep their own
+FAR_POWERS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 def fit_scale_and_far_variance(answers: Answers, model: ProbabilityModel,
                                log_scales: Sequence[float] = tuple(
-                                   x / 20.0 for x in range(-60, 41)),
-                               powers: Sequence[float] = FAR_POWERS) -> float:
-    """The calibration scale (fine variances) and gamma whose fitted V_far also puts 39.3 % of
-    the errors inside 1 sigma; sets ``model.far_variance_m2`` and ``model.far_power`` and
-    returns the scale.
+                                   x / 20.0 for x in range(-40, 41)),
+                               powers: Sequence[float] = FAR_POWERS,
+                               log_variances: Sequence[float] = tuple(
+                                   x / 10.0 for x in range(0, 121))) -> float:
+    """The calibration scale (fine variances), gamma and V_far whose covariances put 39.3 % and
+    86.5 % of the errors inside 1 and 2 sigma; sets ``model.far_variance_m2`` and
+    ``model.far_power`` and returns the scale.
 
-    With V_far for the wrong answers, the fine variances no longer need to cover them: the
+    With a far term for the wrong answers, the fine variances no longer need to cover them: the
     scale fitted without it (eq. (1) of :mod:`..core.covariance`) is too wide for the right
-    answers. For each gamma and each scale on a grid of log10 steps of 0.05, V_far is fitted
-    to the 2-sigma target; the pair whose 1-sigma coverage is nearest 39.3 % wins, the mean
-    negative log-likelihood breaking near-ties (as :func:`.localization.fit_calibration`).
+    answers. A grid search: scale over log10 steps of 0.05 around the answers' own, gamma in
+    :data:`FAR_POWERS`, V_far from 1 m² to 1e12 m² in log10 steps of 0.1 (and 0); the smallest
+    squared coverage miss wins, the mean negative log-likelihood breaking near-ties (as
+    :func:`.localization.fit_calibration`).
     """
     from .localization import gaussian_nll
 
-    p = model.probability(answers.features)
+    p = model.probability(answers.features).double()
     err = answers.err_xy.double()
+    eye = torch.eye(2, dtype=torch.float64)
     best = None
-    for power in powers:
-        for log_scale in log_scales:
-            scale = answers.scale * 10 ** log_scale
-            v = fit_far_variance(answers, p, scale, power)
-            cov = inflate_covariance(answers.cov_at(scale), p, v, power)
-            d2 = mahalanobis_sq(err, cov)
-            c1, c2 = float((d2 <= 1).double().mean()), float((d2 <= 4).double().mean())
-            miss = round((c1 - TARGET_1SIGMA) ** 2 + (c2 - TARGET_2SIGMA) ** 2, 5)
-            if best is not None and miss > best[0][0]:
-                continue
-            key = (miss, float(gaussian_nll(err, cov).mean()))
-            if best is None or key < best[0]:
-                best = (key, scale, v, power)
+    variances = [0.0] + [10 ** x for x in log_variances]
+    for log_scale in log_scales:
+        scale = answers.scale * 10 ** log_scale
+        base = answers.cov_at(scale)
+        for power in powers:
+            doubt = (1.0 - p).clamp(0.0, 1.0) ** power                           # [B]
+            for v in variances:
+                cov = base + (doubt * v)[:, None, None] * eye
+                d2 = mahalanobis_sq(err, cov)
+                c1, c2 = float((d2 <= 1).double().mean()), float((d2 <= 4).double().mean())
+                miss = round((c1 - TARGET_1SIGMA) ** 2 + (c2 - TARGET_2SIGMA) ** 2, 5)
+                if best is not None and miss > best[0][0]:
+                    continue
+                key = (miss, float(gaussian_nll(err, cov).mean()))
+                if best is None or key < best[0]:
+                    best = (key, scale, v, power)
     _, scale, v, power = best
     model.far_variance_m2, model.far_power = v, power
     return scale
@@ -278,8 +287,13 @@ def fit_probability_on_val(data: str, weights: str, sizes: Sequence[int], cache=
     store = distractor_store(loc, data, sizes[-1] - base, cache, progress)
     parts = []
     for n in sizes:
-        grow_gallery(loc, store.head(n - base), "two-stage", shortlist=shortlist)
-        parts.append(collect_answers(loc, queries, progress))
+        path = _answers_path(loc, data, weights, cache, n, shortlist)
+        part = _load_answers(path)
+        if part is None:
+            grow_gallery(loc, store.head(n - base), "two-stage", shortlist=shortlist)
+            part = collect_answers(loc, queries, progress)
+            _save_answers(path, part)
+        parts.append(part)
     answers = Answers.cat(parts)
     model = fit_probability(answers, fitted_on=(
         f"val: {len(queries)} queries at gallery sizes {', '.join(str(n) for n in sizes)} "
@@ -317,3 +331,46 @@ def format_probability_report(report: dict) -> str:
                      f"{100 * c0['within_1sigma']:10.1f}/{100 * c0['within_2sigma']:4.1f}")
     lines.append(f"wrote {report['calibration_file']}")
     return "\n".join(lines)
+
+
+_ANSWER_FIELDS = ("features", "right", "err_xy", "cov", "cells", "iso")
+
+
+def _answers_path(loc, data, weights, cache, cells: int, shortlist: int):
+    """Where the answers at one gallery size are cached: keyed by everything they come from
+    (weights' bytes, the calibration without its probability model, the distractors, the
+    queries' cells)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from ..core.frozen_inputs import cache_dir
+    from ..digest import file_digest
+    from .distractors import distractor_key
+
+    cal = {k: v for k, v in loc.calibration.to_dict().items() if k != "probability"}
+    parts = [file_digest(loc.weights.coarse_weights, 64), loc.coarse.bank.key,
+             distractor_key(loc.weights), json.dumps(cal, sort_keys=True), str(cells),
+             str(shortlist), str(loc.top_k), str(len(loc.map.poses))]
+    parts.append(file_digest(Path(weights) / "fine.safetensors", 64))
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return cache_dir(data, cache) / f"answers-{key}.safetensors"
+
+
+def _save_answers(path, answers: Answers) -> None:
+    from ..core.cache_files import save_tensors
+
+    tensors = {f: getattr(answers, f).contiguous() for f in _ANSWER_FIELDS}
+    tensors["right"] = tensors["right"].to(torch.uint8)
+    save_tensors(path, tensors, {"scale": answers.scale})
+
+
+def _load_answers(path) -> Optional[Answers]:
+    from ..core.cache_files import load_tensors
+
+    loaded = load_tensors(path, "answers")
+    if loaded is None:
+        return None
+    t, meta = loaded
+    return Answers(t["features"], t["right"].bool(), t["err_xy"], t["cov"], t["cells"], t["iso"],
+                   float(meta["scale"]))
