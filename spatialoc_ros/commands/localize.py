@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 
 def add_localize_command(commands) -> None:
@@ -53,14 +54,17 @@ def format_localization(result) -> str:
     lines = [f"{result.recognised_hints} hints understood (share {result.understood:.2f}; "
              "--explain shows each clause)",
              f"{'rank':>4}  {'cell':<12} {'score':>7}  {'x':>10} {'y':>10} {'z':>7}  "
-             f"{'sigma m':>8}  {'cells':>5}"]
+             f"{'sigma m':>8}  {'cells':>5}  {'p':>5}"]
     for h in result.hypotheses:
+        p = "-" if math.isnan(h.probability) else f"{h.probability:.2f}"
         lines.append(f"{h.rank + 1:>4}  {h.cell_id:<12} {h.score:7.2f}  {h.position[0]:10.1f} "
                      f"{h.position[1]:10.1f} {h.position[2]:7.1f}  "
-                     f"{h.covariance_xy[0, 0] ** 0.5:8.1f}  {h.agreeing:>5}")
+                     f"{h.covariance_xy[0, 0] ** 0.5:8.1f}  {h.agreeing:>5}  {p:>5}")
     t = result.timing_ms
     lines.append(f"position: x {best.position[0]:.1f} m, y {best.position[1]:.1f} m, "
                  f"z {best.position[2]:.1f} m ± {result.sigma_m:.1f} m (1 sigma, with the "
                  "retrieval's doubt)")
+    if not math.isnan(result.probability):
+        lines.append(f"probability within 10 m of the truth: {result.probability:.2f}")
     lines.append("time: " + ", ".join(f"{k} {v:.1f} ms" for k, v in t.items()))
     return "\n".join(lines)

@@ -365,6 +365,12 @@ def format_report(report: dict) -> str:
                      f"(86.5 %), mean NLL {cal['nll']:.2f}, median 1-sigma "
                      f"{cal['median_sigma_m']:.1f} m"
                      + ("" if cal.get("fitted_on") else " (uncalibrated)"))
+        prob = cal.get("probability")
+        if prob:
+            lines.append(f"answer probability of being within 10 m: mean "
+                         f"{prob['mean_probability']:.3f} (right {prob['right_share']:.3f}), "
+                         f"ECE {prob['ece']:.3f}, "
+                         f"AUROC {prob['auroc']:.3f}")
     if report.get("order_sensitivity"):
         from .order_sensitivity import format_order_sensitivity
         lines.append(format_order_sensitivity(report["order_sensitivity"]))
