@@ -141,7 +141,7 @@ class Localizer:
     def __init__(self, map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
                  device="auto", cache=None, top_k: int = 10, max_chars: int = DEFAULT_MAX_CHARS,
                  max_hints: int = DEFAULT_MAX_HINTS, progress: bool = False,
-                 retriever: str = "two-stage", retriever_options: Optional[dict] = None):
+                 retriever: str = "auto", retriever_options: Optional[dict] = None):
         from .core.cell_rows import MemoryCells
         from .core.coarse_stage import load_coarse_stage
         from .core.device import pick_device

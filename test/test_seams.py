@@ -117,3 +117,12 @@ def test_a_localizer_with_the_two_stage_retriever_answers_as_the_exhaustive_one(
     np.testing.assert_allclose([h.score for h in a.hypotheses],
                                [h.score for h in b.hypotheses], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(a.best.position, b.best.position, rtol=0, atol=1e-6)
+
+
+def test_auto_scores_small_maps_exhaustively(tiny_dataset, bundle, tiny_weights):
+    from spatialoc_ros.core.retriever import AUTO_EXHAUSTIVE_CELLS
+
+    loc = Localizer(tiny_dataset, bundle, scenes=[VAL_SCENE], device="cpu",
+                    cache=tiny_weights / "cache")
+    assert loc.num_cells <= AUTO_EXHAUSTIVE_CELLS
+    assert isinstance(loc.retriever, ExhaustiveRetriever)  # the default is "auto"

@@ -35,9 +35,10 @@ def add_eval_command(commands) -> None:
                         "(and the covariance's far term) on the validation queries with the "
                         "gallery grown to these sizes by distractor cells of other cities, e.g. "
                         "1194 4139 10000 30000; writes WEIGHTS/calibration.json")
-    p.add_argument("--retriever", choices=("two-stage", "exhaustive"), default="two-stage",
-                   help="two-stage (served: faiss shortlist, exact fused rerank) or exhaustive "
-                        "(the fused score of every cell, the reference)")
+    p.add_argument("--retriever", choices=("auto", "two-stage", "exhaustive"), default="auto",
+                   help="two-stage (faiss shortlist, exact fused rerank), exhaustive (the fused "
+                        "score of every cell, the reference) or auto (as served: exhaustive up "
+                        "to 2,048 cells, two-stage above)")
     p.add_argument("--reports", default=None, nargs="+", metavar="FILE.json",
                    help="tabulate (and --plot) reports saved from earlier '--json' runs instead "
                         "of evaluating")

@@ -62,7 +62,21 @@ def _two_stage(gallery, score_terms: Sequence[str], **options) -> Retriever:
     return TwoStageRetriever(gallery, score_terms, **options)
 
 
+# Up to here scoring every cell is as fast as the two-stage retriever's statistics on its
+# 1,024 reference cells plus the rerank (1,069 cells: 14 ms exhaustive; 4,139 cells: 27 ms
+# exhaustive against 15 ms two-stage, text descriptors included), and it is exact.
+AUTO_EXHAUSTIVE_CELLS = 2048
+
+
+def _auto(gallery, score_terms: Sequence[str], **options) -> Retriever:
+    """Exhaustive up to :data:`AUTO_EXHAUSTIVE_CELLS` cells, two-stage above."""
+    if len(gallery) <= AUTO_EXHAUSTIVE_CELLS:
+        return ExhaustiveRetriever(gallery, score_terms)
+    return _two_stage(gallery, score_terms, **options)
+
+
 RETRIEVERS: Dict[str, Callable[..., Retriever]] = {
+    "auto": _auto,
     "exhaustive": ExhaustiveRetriever,
     "two-stage": _two_stage,
 }

@@ -89,7 +89,7 @@ def best_cell_ids(queries: List[Query], cells) -> List[str]:
 def evaluate(data: str, split: str, weights: str = "models", queries_file: Optional[str] = None,
              cache: Optional[str] = None, device: str = "auto", progress: bool = True,
              fit_calibration: bool = False, show: int = 0, show_dir: Optional[str] = None,
-             distractors: Sequence[str] = (), retriever: str = "two-stage") -> dict:
+             distractors: Sequence[str] = (), retriever: str = "auto") -> dict:
     """The evaluation report (the JSON of ``spatialoc eval --json``).
 
     With fine weights in ``weights`` the whole pipeline runs (retrieval and

@@ -126,7 +126,7 @@ class LocalizerNode(LifecycleNode):
                                   max_chars=settings.max_query_chars,
                                   max_hints=settings.max_hints, retriever=settings.retriever,
                                   retriever_options=({"shortlist": settings.shortlist}
-                                                     if settings.retriever == "two-stage"
+                                                     if settings.retriever != "exhaustive"
                                                      else None))
             settings = self._map_frame(settings, localizer.map)
             cloud = (map_points(localizer.map.cells, settings.map_cloud_max_points)

@@ -47,10 +47,11 @@ PARAMETERS: Tuple[Parameter, ...] = (
     Parameter("device", "auto", "where the model runs: auto (cuda when available), cpu or cuda",
               choices=("auto", "cpu", "cuda")),
     Parameter("top_k", 10, "hypotheses (retrieved cells, each refined) per query", range=(1, 100)),
-    Parameter("retriever", "two-stage",
+    Parameter("retriever", "auto",
               "two-stage: faiss shortlist by the global descriptor, exact fused rerank (any map "
-              "size); exhaustive: the fused score of every cell (the reference)",
-              choices=("two-stage", "exhaustive")),
+              "size); exhaustive: the fused score of every cell (the reference); auto: "
+              "exhaustive up to 2,048 cells, two-stage above",
+              choices=("auto", "two-stage", "exhaustive")),
     Parameter("shortlist", 256, "two-stage retriever: cells reranked exactly per query",
               range=(1, 100_000)),
     Parameter("frame_id", "map",
