@@ -175,7 +175,35 @@ class Localizer:
         # consensus joins cells of one scene only
         scene_names = sorted({c.scene for c in self.cells})
         self.scene_index = torch.tensor([scene_names.index(c.scene) for c in self.cells])
+        # the map's own rows, kept when :meth:`grow` adds others
+        self._own = (self.rows, self._cell_size, self._origin, self.scene_index)
         self.build_s = time.perf_counter() - start
+
+    def grow(self, extra, retriever: str = "two-stage", **options) -> float:
+        """Serve the map's own cells followed by ``extra`` rows (a
+        :class:`~.core.cell_store.CellStore`, e.g. distractor cells of other cities, each of its
+        scenes a scene of its own), with a new retriever over them; returns the retriever's
+        build time in seconds. Calling it again replaces the rows added before.
+
+        The added rows have no point clouds: :meth:`candidates`, :meth:`consensus` and
+        :meth:`published` serve them (the scale benchmark), :meth:`localize` does not."""
+        from .core.cell_rows import StackedCells
+        from .core.retriever import make_retriever
+
+        rows, size, origin, scene = self._own
+        self.rows, self._cell_size, self._origin, self.scene_index = rows, size, origin, scene
+        if len(extra) > 0:
+            def column(name, dtype):
+                return torch.from_numpy(np.array(extra.column(name), dtype=dtype))
+
+            self.rows = StackedCells([rows, extra])
+            self._cell_size = torch.cat([size, column("cell_size", np.float64)])
+            self._origin = torch.cat([origin, column("origin", np.float64)])
+            self.scene_index = torch.cat([scene, column("scene", np.int64)
+                                          + int(scene.max()) + 1])
+        t0 = time.perf_counter()
+        self.retriever = make_retriever(retriever, self.rows, self.weights.score_terms, **options)
+        return time.perf_counter() - t0
 
     @property
     def num_cells(self) -> int:

@@ -126,3 +126,30 @@ def test_auto_scores_small_maps_exhaustively(tiny_dataset, bundle, tiny_weights)
                     cache=tiny_weights / "cache")
     assert loc.num_cells <= AUTO_EXHAUSTIVE_CELLS
     assert isinstance(loc.retriever, ExhaustiveRetriever)  # the default is "auto"
+
+
+def test_grow_serves_added_rows_after_the_maps_own_and_grows_again_from_scratch(
+        tiny_dataset, bundle, tiny_weights, tmp_path):
+    from spatialoc_ros.core.cell_store import CellStore, CellStoreWriter
+
+    loc = Localizer(tiny_dataset, bundle, scenes=[VAL_SCENE], device="cpu",
+                    cache=tiny_weights / "cache", retriever="exhaustive")
+    own = loc.num_cells
+    gallery, bank = loc.coarse.gallery, loc.coarse.bank
+    d = gallery.descriptors
+    writer = CellStoreWriter(tmp_path / "s", own, d.p_mask.shape[1], d.p_glo.shape[1],
+                             bank.point_features.shape[2], key="copy")
+    rows = torch.arange(own)
+    writer.append([f"copy/{i}" for i in gallery.ids], "copy", d, bank.batch(rows),
+                  loc._cell_size.numpy(), loc._origin.numpy())
+    loc.grow(CellStore(tmp_path / "s"), "exhaustive")
+    assert loc.num_cells == 2 * own
+    # the copies are a scene of their own, after the map's scenes
+    assert loc.scene_index[own:].min() > loc.scene_index[:own].max()
+    cand = loc.candidates([GOOD.split(". ")], 4)
+    # each cell and its float16 copy score alike: both halves reach the top 4
+    assert (cand.rows < own).any() and (cand.rows >= own).any()
+    _, cov, _ = loc.published(loc.consensus(cand))
+    assert torch.isfinite(cov).all()
+    loc.grow(CellStore(tmp_path / "s").head(0), "exhaustive")
+    assert loc.num_cells == own and len(loc.scene_index) == own

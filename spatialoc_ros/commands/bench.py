@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 DEFAULT_MAPS = ("data/demo_map", "data/benchmark")
@@ -56,7 +55,7 @@ def add_bench_command(commands) -> None:
 def _run_bench(args) -> int:
     from ..data.constants import SPLITS
     from ..errors import SpatialocError
-    from ..evaluation.bench import bench_map, cpu_model, format_bench, peak_rss_mb, process_times
+    from ..evaluation.bench import bench_map, cpu_report, format_bench, peak_rss_mb
 
     if args.scale:
         return _run_scale(args)
@@ -81,8 +80,7 @@ def _run_bench(args) -> int:
                                      rebuild=args.rebuild or not benchmark,
                                      progress=not args.json, texts=texts))
     result = {"device": reports[0]["device"], "maps": reports, "peak_rss_mb": peak_rss_mb(),
-              "cpu": {"model": cpu_model(), "cores": os.cpu_count(),
-                      "threads": torch.get_num_threads(), **process_times()}}
+              "cpu": cpu_report()}
     # the first map's figures also at the top level (the documented JSON shape)
     for key in ("gallery_cells", "top_k", "end_to_end_ms", "language_ms", "text_ms", "coarse_ms",
                 "fine_ms"):
@@ -149,12 +147,9 @@ def _run_scale(args) -> int:
                         index=args.index, device=device, progress=not args.json)
     if args.plot:
         plot_scale(rows, args.plot)
-    import torch
+    from ..evaluation.bench import cpu_report
 
-    from ..evaluation.bench import cpu_model, process_times
-
-    cpu = {"model": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-           **process_times()}
+    cpu = cpu_report()
     if args.json:
         print(json.dumps({"device": device, "cpu": cpu, "scale": rows[-1], "scales": rows}))
     else:

@@ -111,30 +111,26 @@ class CellStore:
         """P_glo [R, D] float32, read into memory."""
         return torch.from_numpy(np.array(self.column("p_glo")))
 
+    def _take(self, name: str, uniq: np.ndarray, inverse: torch.Tensor) -> torch.Tensor:
+        """Rows ``uniq`` (sorted, read once each) of one array, put back in the asked order;
+        float16 as float32."""
+        part = torch.from_numpy(np.ascontiguousarray(self.arrays[name][uniq]))[inverse]
+        return part.float() if part.dtype == torch.float16 else part
+
     def instance(self, rows: torch.Tensor) -> CoarseOutputs:
         """p_obj, p_rel [M, N, D] float32 and p_mask [M, N] of ``rows`` [M] (any order)."""
         uniq, inverse = _sorted_rows(rows)
-        out = {}
-        for name in ("p_obj", "p_rel", "p_mask"):
-            part = torch.from_numpy(np.ascontiguousarray(self.arrays[name][uniq]))
-            if part.dtype == torch.float16:
-                part = part.float()
-            out[name] = part[inverse]
-        return CoarseOutputs(**out)
+        return CoarseOutputs(**{name: self._take(name, uniq, inverse)
+                                for name in ("p_obj", "p_rel", "p_mask")})
 
     def bank_batch(self, rows: torch.Tensor) -> dict:
         """The fine stage's cell inputs of ``rows`` [M], as :meth:`.cell_bank.CellBank.batch`."""
         uniq, inverse = _sorted_rows(rows)
-
-        def take(name):
-            part = torch.from_numpy(np.ascontiguousarray(self.arrays[name][uniq]))[inverse]
-            return part.float() if part.dtype == torch.float16 else part
-
-        mask = take("p_mask")
+        mask = self._take("p_mask", uniq, inverse)
         n = max(1, int(mask.sum(1).max()))
-        return dict(point_features=take("point_features")[:, :n], colors=take("colors")[:, :n],
-                    centers=take("centers")[:, :n], counts=take("counts")[:, :n].long(),
-                    mask=mask[:, :n])
+        return dict(mask=mask[:, :n], counts=self._take("counts", uniq, inverse)[:, :n].long(),
+                    **{name: self._take(name, uniq, inverse)[:, :n]
+                       for name in ("point_features", "colors", "centers")})
 
 
 class CellStoreWriter:

@@ -44,6 +44,16 @@ def process_times() -> Dict[str, float]:
     return {"user_s": r.ru_utime, "system_s": r.ru_stime, "minor_page_faults": r.ru_minflt}
 
 
+def cpu_report() -> Dict[str, object]:
+    """The CPU (model, cores, torch threads) and this process' CPU times and page faults."""
+    import os
+
+    import torch
+
+    return {"model": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            **process_times()}
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
     import platform

@@ -275,7 +275,7 @@ def fit_probability_on_val(data: str, weights: str, sizes: Sequence[int], cache=
     from ..data.constants import SPLITS
     from ..errors import SpatialocError
     from ..inference import Localizer
-    from .scale import distractor_store, grow_gallery
+    from .scale import distractor_store
 
     loc = Localizer(data, weights, scenes=list(SPLITS["val"]), cache=cache, device="cpu",
                     progress=progress)
@@ -290,7 +290,7 @@ def fit_probability_on_val(data: str, weights: str, sizes: Sequence[int], cache=
         path = _answers_path(loc, data, weights, cache, n, shortlist)
         part = _load_answers(path)
         if part is None:
-            grow_gallery(loc, store.head(n - base), "two-stage", shortlist=shortlist)
+            loc.grow(store.head(n - base), "two-stage", shortlist=shortlist)
             part = collect_answers(loc, queries, progress)
             _save_answers(path, part)
         parts.append(part)

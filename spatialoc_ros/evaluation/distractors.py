@@ -55,8 +55,6 @@ def _scene_jobs(first_seed: int = FIRST_SEED) -> Iterator[Tuple[int, str]]:
 
 
 def _generate(job):
-    import os
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from ..data.synth import build_scene
 

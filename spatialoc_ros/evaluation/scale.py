@@ -29,33 +29,6 @@ from .bench import peak_rss_mb, summary
 EXHAUSTIVE_MAX_CELLS = 60_000  # exhaustive reference up to here (float32 copies: ~7 GB)
 
 
-def grow_gallery(loc, store, retriever: str = "two-stage", **options) -> float:
-    """Make ``loc``'s gallery its own cells followed by ``store``'s rows (distractor scenes of
-    their own), with a new retriever over them; returns the retriever's build time in s.
-
-    Calling it again replaces the rows added before.
-    """
-    from ..core.cell_rows import StackedCells
-    from ..core.retriever import make_retriever
-
-    if not hasattr(loc, "_own_rows"):
-        loc._own_rows = (loc.rows, loc._cell_size, loc._origin, loc.scene_index)
-    rows, size, origin, scene = loc._own_rows
-    loc.rows, loc._cell_size, loc._origin, loc.scene_index = rows, size, origin, scene
-    if len(store) > 0:
-        loc.rows = StackedCells([rows, store])
-        extra = (torch.from_numpy(np.array(store.column(name), dtype=dtype))
-                 for name, dtype in (("cell_size", np.float64), ("origin", np.float64),
-                                     ("scene", np.int64)))
-        s_size, s_origin, s_scene = extra
-        loc._cell_size = torch.cat([size, s_size])
-        loc._origin = torch.cat([origin, s_origin])
-        loc.scene_index = torch.cat([scene, s_scene + int(scene.max()) + 1])
-    t0 = time.perf_counter()
-    loc.retriever = make_retriever(retriever, loc.rows, loc.weights.score_terms, **options)
-    return time.perf_counter() - t0
-
-
 def distractor_store(loc, data, count: int, cache=None, progress: bool = True):
     """The first ``count`` distractor rows for ``loc``'s weights (built the first time)."""
     from ..core.frozen_inputs import cache_dir
@@ -88,7 +61,7 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
         raise SpatialocError(f"--scale {cells}: the test gallery alone has {base} cells")
     store = distractor_store(loc, data, cells - base, cache, progress)
     options = {"shortlist": shortlist, "index": index} if retriever == "two-stage" else {}
-    index_build_s = grow_gallery(loc, store, retriever, **options)
+    index_build_s = loc.grow(store, retriever, **options)
 
     poses = loc.map.poses
     rng = np.random.default_rng(seed)
@@ -189,24 +162,16 @@ def _recall(rows: torch.Tensor, gt: torch.Tensor) -> Dict[str, float]:
     return retrieval_metrics(rows, gt, (1, 3, 5))
 
 
-@torch.inference_mode()
 def _exhaustive_recall(loc, chosen, gt) -> Dict[str, float]:
     """Retrieval recall of exhaustive fused scoring over the same gallery (the reference)."""
+    from ..core.encoding import encode_queries
     from ..core.retriever import ExhaustiveRetriever
-    from ..core.text_cache import text_batch
-    from ..networks.outputs import CoarseOutputs
 
     ref = ExhaustiveRetriever(loc.rows, loc.weights.score_terms)
-    readings = loc.read([p.text for p in chosen])
-    hints = [r.hints for r in readings]
+    hints = [r.hints for r in loc.read([p.text for p in chosen])]
     loc.encode_sentences(sorted({s for h in hints for s in h}))
-    tops = []
-    for start in range(0, len(hints), 16):
-        batch = text_batch(loc.text, hints[start:start + 16])
-        q = loc.coarse.model.encode_text(**batch)
-        q = CoarseOutputs(**{n: None if v is None else v.cpu() for n, v in vars(q).items()})
-        tops.append(ref.top_k(q, 5)[1])
-    return _recall(torch.cat(tops), gt)
+    query = encode_queries(loc.coarse.model, loc.text, hints, batch_size=16, device=loc.device)
+    return _recall(ref.top_k(query, 5)[1], gt)
 
 
 def format_scale(rows: List[dict]) -> str:
