@@ -116,3 +116,26 @@ def test_one_query_at_a_time_equals_a_batch(cells):
         s, r = two.top_k(one(query, i), 5)
         torch.testing.assert_close(s[0], batch_scores[i], rtol=1e-5, atol=1e-5)
         assert np.array_equal(r[0].numpy(), batch_rows[i].numpy())
+
+
+def test_exhaustive_scoring_in_blocks_equals_scoring_the_whole_gallery(cells, tmp_path):
+    """Rows read block by block (a store, or memory with a chunk) give the scores of one matrix:
+    each raw term is the same dot products, z-normalised over all cells at the end."""
+    gallery, bank = cells
+    query = make_queries(5)
+    whole = ExhaustiveRetriever(gallery, TERMS)
+    blocks = ExhaustiveRetriever(MemoryCells(gallery, bank), TERMS, chunk=37)  # 300 = 8·37 + 4
+    assert whole.scorer is not None and blocks.scorer is None and len(blocks) == len(gallery)
+    # blocked products sum in another order: float32 rounding only
+    torch.testing.assert_close(blocks.scores(query), whole.scores(query), rtol=1e-4, atol=1e-4)
+    for name, raw in whole.terms(query).items():
+        torch.testing.assert_close(blocks.terms(query)[name], raw, rtol=1e-5, atol=1e-5)
+    write_store(tmp_path / "s", gallery, bank)
+    on_disk = ExhaustiveRetriever(CellStore(tmp_path / "s"), TERMS)
+    assert on_disk.scorer is None  # a store is read in blocks, never whole
+    # float16 instance features (see the test above): fused scores within 0.1
+    torch.testing.assert_close(on_disk.scores(query), whole.scores(query), rtol=0, atol=0.1)
+    # the global term alone ranks as its z-score does (random unit vectors: no near-ties)
+    global_only = ExhaustiveRetriever(MemoryCells(gallery, bank), ("global",), chunk=64)
+    direct = (query.q_glo @ gallery.descriptors.p_glo.t()).topk(3, dim=1).indices
+    assert global_only.top_k(query, 3)[1].equal(direct)

@@ -10,12 +10,12 @@ hundreds of thousands of cells; its figures are compared against the exhaustive 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Protocol, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
 from ..networks.outputs import CoarseOutputs
-from .retrieval import GalleryScorer
+from .retrieval import _ENTRIES_PER_CHUNK, GalleryScorer, zscore
 
 
 class Retriever(Protocol):
@@ -26,33 +26,83 @@ class Retriever(Protocol):
         """(scores [B, K], rows [B, K]) of the best min(k, cells) cells per query, best first."""
 
 
+STREAM_CHUNK = 8192  # cells per block when the exhaustive reference reads rows from a store
+
+
+def _in_memory(cells) -> bool:
+    """A Gallery, or a MemoryCells over one: descriptors already in RAM as float32."""
+    return hasattr(cells, "gallery") or hasattr(cells, "descriptors")
+
+
 def _all_descriptors(cells) -> CoarseOutputs:
     """Every cell's descriptors from a Gallery, a MemoryCells or any other CellRows source."""
     if hasattr(cells, "gallery"):  # MemoryCells
         cells = cells.gallery
-    if hasattr(cells, "descriptors"):  # Gallery
-        return cells.descriptors
-    out = cells.instance(torch.arange(len(cells)))
-    out.p_glo = cells.global_descriptors()
-    return out
+    return cells.descriptors
 
 
 class ExhaustiveRetriever:
     """Fused scores of every gallery cell, then the top k: the reference for any approximate
-    index."""
+    index.
 
-    def __init__(self, gallery, score_terms: Sequence[str]):
-        self.scorer = GalleryScorer(_all_descriptors(gallery), score_terms)
+    A gallery in memory (a Gallery or MemoryCells) is scored as one matrix. Rows read from a
+    store (any other CellRows, e.g. a gallery grown with memory-mapped distractor cells) are
+    scored in blocks of ``chunk`` cells: each block's raw term scores are kept ([B, C] per
+    term, 400 bytes per cell for 100 queries), then z-normalised over all C cells and fused,
+    so only one block's instance features are in memory at a time. Both give the scores of
+    :func:`.retrieval.fused_scores` over the whole gallery.
+    """
+
+    def __init__(self, gallery, score_terms: Sequence[str], chunk: Optional[int] = None):
+        self.use = tuple(score_terms)
+        self.scorer, self.source = None, None
+        if chunk is None and _in_memory(gallery):
+            self.scorer = GalleryScorer(_all_descriptors(gallery), score_terms)
+            self.cells = self.scorer.cells
+        else:
+            if not hasattr(gallery, "instance"):  # a Gallery alone
+                from .cell_rows import MemoryCells
+
+                gallery = MemoryCells(gallery, None)
+            self.source, self.chunk = gallery, int(chunk or STREAM_CHUNK)
+            self.glo = gallery.global_descriptors() if "global" in self.use else None
+            self.cells = len(gallery)
 
     def __len__(self) -> int:
-        return self.scorer.cells
+        return self.cells
 
     def scores(self, query: CoarseOutputs) -> torch.Tensor:
         """Fused scores [B, C] of every cell (higher = better)."""
-        return self.scorer(query)
+        if self.scorer is not None:
+            return self.scorer(query)
+        return sum(zscore(raw) for raw in self.terms(query).values())
+
+    def terms(self, query: CoarseOutputs) -> Dict[str, torch.Tensor]:
+        """Raw scores [B, C] of each term over the whole gallery, block by block."""
+        if self.scorer is not None:
+            return self.scorer.terms(query)
+        b = (query.q_glo if query.q_glo is not None else query.t_mask).shape[0]
+        hints = query.t_mask.shape[1] if query.t_mask is not None else 1
+        parts: Dict[str, List[torch.Tensor]] = {}
+        sets = [t for t in self.use if t != "global"]
+        for start in range(0, self.cells, self.chunk):
+            rows = torch.arange(start, min(start + self.chunk, self.cells))
+            block = self.source.instance(rows) if sets else CoarseOutputs()
+            if self.glo is not None:
+                block.p_glo = self.glo[rows]
+            scorer = GalleryScorer(block, self.use)
+            slots = block.p_mask.shape[1] if block.p_mask is not None else 1
+            per = max(1, _ENTRIES_PER_CHUNK // max(1, len(rows) * slots * hints))
+            pieces: Dict[str, List[torch.Tensor]] = {}
+            for q in range(0, b, per):
+                for name, raw in scorer.terms(query, slice(q, q + per)).items():
+                    pieces.setdefault(name, []).append(raw)
+            for name, raw in pieces.items():
+                parts.setdefault(name, []).append(torch.cat(raw))
+        return {name: torch.cat(raw, dim=1) for name, raw in parts.items()}
 
     def top_k(self, query: CoarseOutputs, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        scores, rows = self.scorer(query).topk(min(k, len(self)), dim=1)
+        scores, rows = self.scores(query).topk(min(k, len(self)), dim=1)
         return scores, rows
 
 

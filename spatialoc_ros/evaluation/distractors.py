@@ -15,7 +15,8 @@ was stopped resumes where it stopped. The store is keyed by what its rows were
 computed from (weights' bytes, generator version, preset, sampling seed).
 
 One worker process generates the next scene's cells while this process encodes
-the current one.
+the current one (with every core's torch threads: generating takes about half a
+core).
 """
 from __future__ import annotations
 
@@ -63,15 +64,18 @@ def _generate(job):
     return seed, scene, cells
 
 
-def _done_parts(writer: CellStoreWriter) -> set:
-    return {(int(s), str(sc)) for s, sc in writer.meta.get("parts", [])}
+def remaining_jobs(writer: CellStoreWriter) -> Iterator[Tuple[int, str]]:
+    """(seed, scene) of the scenes still to encode, in order: those the store does not hold
+    yet (a stopped build resumes after its last complete scene; a part is [seed, scene,
+    rows])."""
+    done = {(int(part[0]), str(part[1])) for part in writer.meta.get("parts", [])}
+    return (job for job in _scene_jobs() if job not in done)
 
 
 def build_distractors(folder, count: int, bundle, progress: bool = True,
                       device="cpu") -> CellStore:
     """A store of at least ``count`` distractor rows in ``folder`` (built or extended as
     needed; see the module docstring)."""
-    import torch
     from tqdm import tqdm
 
     from ..core.cell_store import open_store
@@ -85,20 +89,17 @@ def build_distractors(folder, count: int, bundle, progress: bool = True,
                              bundle.coarse.cfg.d, bundle.coarse.cfg.point_dim, key=key)
     if writer.rows >= count:
         return CellStore(folder)
-    done = _done_parts(writer)
     bar = tqdm(total=count, initial=writer.rows, desc="distractor cells", unit="cell",
                disable=not progress, dynamic_ncols=True)
     ctx = mp.get_context("spawn")
-    pending = (j for j in _scene_jobs() if j not in done)
-    # one core generates, the others encode: torch threads that share a core with the
-    # generator wait on each other at every parallel region, slower than one thread alone
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
+    pending = remaining_jobs(writer)
+    # torch keeps every core although one process generates alongside: generating a scene
+    # takes about half a core, and PointNet++ on one thread left the other half idle
+    # (11.6 cells/s against about 20 with two threads, on 2 cores)
     try:
         _encode_scenes(pool_jobs=pending, ctx=ctx, writer=writer, count=count, bundle=bundle,
                        device=device, bar=bar)
     finally:
-        torch.set_num_threads(threads)
         bar.close()
     return CellStore(folder)
 
