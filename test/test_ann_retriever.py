@@ -139,3 +139,23 @@ def test_exhaustive_scoring_in_blocks_equals_scoring_the_whole_gallery(cells, tm
     global_only = ExhaustiveRetriever(MemoryCells(gallery, bank), ("global",), chunk=64)
     direct = (query.q_glo @ gallery.descriptors.p_glo.t()).topk(3, dim=1).indices
     assert global_only.top_k(query, 3)[1].equal(direct)
+
+
+def test_auto_index_and_blockwise_moments(cells, monkeypatch):
+    import spatialoc_ros.core.ann_retriever as ann
+
+    gallery, bank = cells
+    two = TwoStageRetriever(MemoryCells(gallery, bank), TERMS)
+    assert two.kind == "flat"                       # 300 cells: far below FLAT_MAX_CELLS
+    monkeypatch.setattr(ann, "FLAT_MAX_CELLS", 100)
+    monkeypatch.setattr(ann, "_MOMENT_BLOCK", 64)    # 300 rows: five blocks, the last short
+    big = TwoStageRetriever(MemoryCells(gallery, bank), TERMS, nprobe=10_000)
+    assert big.kind == "ivf"
+    x = gallery.descriptors.p_glo.double()
+    torch.testing.assert_close(big.glo_mean, x.mean(0), rtol=0, atol=1e-12)
+    centred = x - x.mean(0)
+    torch.testing.assert_close(big.glo_cov, centred.t() @ centred / len(x), rtol=0, atol=1e-12)
+    # every list searched: the shortlist is the flat one
+    query = make_queries(3)
+    assert set(big.shortlist_rows(query, 20)[0].tolist()) == set(
+        two.shortlist_rows(query, 20)[0].tolist())

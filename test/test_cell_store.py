@@ -128,3 +128,24 @@ def test_stacked_rows_read_each_part(tmp_path):
     assert batch["mask"].shape[0] == 5
     assert torch.equal(batch["counts"][1, :int(b1.mask[2].sum())],
                        b1.counts[2, :int(b1.mask[2].sum())])
+
+
+def test_repeated_rows_cycle_through_a_store_with_scenes_of_their_own(tmp_path):
+    from spatialoc_ros.evaluation.scale import RepeatedRows
+
+    gallery, bank = make_cells(10, seed=4)
+    write_store(tmp_path / "s", gallery, bank)
+    store = CellStore(tmp_path / "s")
+    rep = RepeatedRows(store, 25)                       # 10 + 10 + 5
+    assert len(rep) == 25 and rep.copies == 3
+    glo = rep.global_descriptors()
+    assert torch.equal(glo[:10], glo[10:20]) and torch.equal(glo[20:], glo[:5])
+    rows = torch.tensor([23, 3, 13])
+    assert torch.equal(rep.instance(rows).p_obj, store.instance(torch.tensor([3, 3, 3])).p_obj)
+    assert torch.equal(rep.bank_batch(rows)["centers"], store.bank_batch(rows % 10)["centers"])
+    scene = rep.column("scene")
+    n = len(store.scenes)
+    assert np.array_equal(scene[10:20], scene[:10] + n) and np.array_equal(scene[20:],
+                                                                           scene[:5] + 2 * n)
+    assert np.array_equal(rep.column("origin")[13], store.column("origin")[3])
+    assert rep.scene_names()[13] == store.scene_names()[3] + "#1"

@@ -151,5 +151,17 @@ def test_grow_serves_added_rows_after_the_maps_own_and_grows_again_from_scratch(
     assert (cand.rows < own).any() and (cand.rows >= own).any()
     _, cov, _ = loc.published(loc.consensus(cand))
     assert torch.isfinite(cov).all()
+    # a gallery grown by repeating the stored rows: every copy a scene of its own, served by
+    # the two-stage retriever (its exact rerank over the whole shortlist: the copies score
+    # like the stored rows)
+    from spatialoc_ros.evaluation.scale import RepeatedRows
+
+    loc.grow(RepeatedRows(CellStore(tmp_path / "s"), 3 * own), "two-stage",
+             shortlist=4 * own, reference=4 * own)
+    assert loc.num_cells == 4 * own
+    copies = loc.scene_index[own:].reshape(3, own)
+    assert len(set(copies[:, 0].tolist())) == 3
+    grown = loc.candidates([GOOD.split(". ")], 8)
+    assert torch.isfinite(grown.scores).all() and (grown.rows >= 2 * own).any()
     loc.grow(CellStore(tmp_path / "s").head(0), "exhaustive")
     assert loc.num_cells == own and len(loc.scene_index) == own

@@ -45,8 +45,12 @@ def add_bench_command(commands) -> None:
                        help="--scale: the retriever under test (exhaustive is the reference)")
     scale.add_argument("--shortlist", type=int, default=256, metavar="S",
                        help="--scale, two-stage: cells reranked exactly per query")
-    scale.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat",
+    scale.add_argument("--index", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
                        help="--scale, two-stage: the faiss index of the shortlist")
+    scale.add_argument("--distinct", type=int, default=None, metavar="D",
+                       help="--scale: at most D distinct cells; rows beyond repeat the "
+                            "distractor rows (query time, memory and index build of N cells; "
+                            "recall only up to D)")
     scale.add_argument("--plot", default=None, metavar="FILE.png",
                        help="--scale: draw recall against gallery size")
     p.set_defaults(handler=_run_bench)
@@ -144,7 +148,8 @@ def _run_scale(args) -> int:
     device = "cpu" if args.device == "all" else args.device
     rows = bench_scales(args.scale, data=args.data, weights=args.weights, queries=args.queries,
                         top_k=args.top_k, retriever=args.retriever, shortlist=args.shortlist,
-                        index=args.index, device=device, progress=not args.json)
+                        index=args.index, device=device, progress=not args.json,
+                        distinct=args.distinct)
     if args.plot:
         plot_scale(rows, args.plot)
     from ..evaluation.bench import cpu_report

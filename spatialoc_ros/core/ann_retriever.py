@@ -39,7 +39,12 @@ import torch
 from ..networks.outputs import CoarseOutputs
 from .retrieval import SCORES, GalleryScorer
 
-INDEX_KINDS = ("flat", "hnsw", "ivf")
+INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
+# "auto": a flat scan up to here (C x 256 floats per query: about 15 ms at 100,000 cells on the
+# 2-core Xeon of the README, 200 ms at 1,000,000), inverted lists above (about 1-2 ms at
+# 1,000,000 cells with 32 of 4,000 lists searched; built in 1.5 min)
+FLAT_MAX_CELLS = 200_000
+_MOMENT_BLOCK = 65_536  # rows per block of the global moments (float64 copies stay small)
 
 
 def _set_scores(t: torch.Tensor, tmask: torch.Tensor, p: torch.Tensor,
@@ -54,18 +59,31 @@ def _set_scores(t: torch.Tensor, tmask: torch.Tensor, p: torch.Tensor,
     return sim.amax(1).mean(1)
 
 
+def _moments(x: torch.Tensor):
+    """(mean [D], population covariance [D, D]) of the rows of x [C, D], in float64, a block of
+    rows at a time (two passes: the mean first, then the centred products)."""
+    count = x.shape[0]
+    mean = sum(x[s:s + _MOMENT_BLOCK].double().sum(0)
+               for s in range(0, count, _MOMENT_BLOCK)) / count
+    cov = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+    for s in range(0, count, _MOMENT_BLOCK):
+        c = x[s:s + _MOMENT_BLOCK].double() - mean
+        cov += c.t() @ c
+    return mean, cov / count
+
+
 class TwoStageRetriever:
     """Approximate shortlist (faiss over P_glo) + exact fused rerank; see the module docstring.
 
     ``cells`` is a :class:`~.cell_rows.CellRows` (or a :class:`~.gallery.Gallery`, read
     in memory). ``index``: "flat" (exact inner product, a scan of C x 256 floats),
-    "hnsw" (graph, M = 32) or "ivf" (inverted lists over about 4 sqrt(C) centroids,
-    ``nprobe`` of them searched). ``reference``: the cells whose set scores give the
-    z-statistics of the set terms.
+    "hnsw" (graph, M = 32), "ivf" (inverted lists over about 4 sqrt(C) centroids,
+    ``nprobe`` of them searched) or "auto" (flat up to :data:`FLAT_MAX_CELLS`, ivf above).
+    ``reference``: the cells whose set scores give the z-statistics of the set terms.
     """
 
     def __init__(self, cells, score_terms: Sequence[str] = SCORES, shortlist: int = 256,
-                 index: str = "flat", reference: int = 512, seed: int = 0, nprobe: int = 32):
+                 index: str = "auto", reference: int = 512, seed: int = 0, nprobe: int = 32):
         import faiss
 
         from .cell_rows import MemoryCells
@@ -77,16 +95,15 @@ class TwoStageRetriever:
                              f"score terms {tuple(score_terms)} lack it")
         if not hasattr(cells, "instance"):  # a Gallery alone
             cells = MemoryCells(cells, None)
+        count = len(cells)
+        if index == "auto":
+            index = "flat" if count <= FLAT_MAX_CELLS else "ivf"
         self.cells, self.use = cells, tuple(score_terms)
         self.shortlist, self.kind = shortlist, index
         t0 = time.perf_counter()
-        count = len(cells)
         glo = cells.global_descriptors().float().contiguous()
         self.glo = glo                                                        # [C, D] in RAM
-        # exact moments of the global term over the whole gallery
-        mean = glo.double().mean(0)
-        centred = glo.double() - mean
-        self.glo_mean, self.glo_cov = mean, centred.t() @ centred / count     # [D], [D, D]
+        self.glo_mean, self.glo_cov = _moments(glo)                           # [D], [D, D]
         # reference sample for the set terms (fixed; sorted for file-order reads)
         gen = np.random.default_rng(seed)
         ref = (np.arange(count) if count <= reference
