@@ -36,6 +36,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def rss_parts_mb() -> Dict[str, float]:
+    """Resident memory now, split as Linux counts it (/proc/self/status): ``anon`` (the
+    process's own allocations) and ``file`` (pages of mapped files, e.g. a memory-mapped cell
+    store: page cache the kernel can drop and read again). Empty where there is no /proc."""
+    out = {}
+    try:
+        lines = open("/proc/self/status").read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        for key, name in (("RssAnon:", "anon"), ("RssFile:", "file")):
+            if line.startswith(key):
+                out[name] = int(line.split()[1]) / 1024.0
+    return out
+
+
 def process_times() -> Dict[str, float]:
     """CPU seconds of this process in user and kernel (system) mode and its minor page faults:
     a large system share points at memory churn (pages faulted in again and again) or threads
