@@ -187,3 +187,34 @@ def test_answers_round_trip_through_their_cache_file(tmp_path):
         assert torch.equal(getattr(back, name), getattr(answers, name))
     assert back.scale == 0.0125
     assert _load_answers(tmp_path / "missing.safetensors") is None
+
+
+def test_the_coverage_frontier_says_whether_both_targets_can_be_met():
+    """Reachable: Gaussian right answers, far wrong ones told apart by their margin. Not
+    reachable: the same errors with a margin that says nothing, so no far term can pick the
+    wrong answers out, and a 1-sigma share of 39.3 % caps the 2-sigma share."""
+    from spatialoc_ros.evaluation.confidence_fit import coverage_frontier
+
+    g = torch.Generator().manual_seed(5)
+    n = 2000
+    right = torch.rand(n, generator=g) < 0.8
+    err = 3.0 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    far = 100.0 + 900.0 * torch.rand(int((~right).sum()), 1, generator=g, dtype=torch.float64)
+    err[~right] = far * torch.nn.functional.normalize(err[~right], dim=1)
+    eye = torch.eye(2, dtype=torch.float64)
+    feats = torch.zeros(n, len(FEATURES), dtype=torch.float64)
+    feats[:, 1] = right.double() * 4.0 - 2.0
+    answers = Answers(feats, right, err, eye.repeat(n, 1, 1), torch.full((n,), 1e3),
+                      iso=torch.ones(n, dtype=torch.float64), scale=9.0)
+    grid = dict(log_scales=[x / 10 for x in range(-10, 11)], powers=(1.0, 8.0),
+                log_variances=[x / 2 for x in range(0, 14)])  # coarse: enough to tell
+    told = coverage_frontier(answers, fit_probability(answers), **grid)
+    assert told["best_2sigma_at_1sigma_target"] > 0.84
+    assert told["best_1sigma_at_2sigma_target"] < 0.42
+    blind = feats.clone()
+    blind[:, 1] = torch.randn(n, generator=g, dtype=torch.float64)
+    answers.features = blind
+    untold = coverage_frontier(answers, fit_probability(answers), **grid)
+    # at most the right answers' 2-sigma share, 0.8 · (1 - e^-2 ... of a wider ellipse): < 0.82
+    assert untold["best_2sigma_at_1sigma_target"] < 0.82
+    assert not untold["best_1sigma_at_2sigma_target"] < 0.45
