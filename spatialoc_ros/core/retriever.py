@@ -113,7 +113,7 @@ def _two_stage(gallery, score_terms: Sequence[str], **options) -> Retriever:
 
 
 # Up to here scoring every cell is as fast as the two-stage retriever's statistics on its
-# 1,024 reference cells plus the rerank (1,069 cells: 14 ms exhaustive; 4,139 cells: 27 ms
+# 512 reference cells plus the rerank (1,069 cells: 14 ms exhaustive; 4,139 cells: 27 ms
 # exhaustive against 15 ms two-stage, text descriptors included), and it is exact.
 AUTO_EXHAUSTIVE_CELLS = 2048
 
