@@ -36,7 +36,7 @@ def one(query, i):
     return CoarseOutputs(**{k: None if v is None else v[i:i + 1] for k, v in vars(query).items()})
 
 
-@pytest.mark.parametrize("index", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("index", ["flat", "pca-sq8", "hnsw", "ivf"])
 def test_whole_gallery_shortlist_and_reference_give_the_exhaustive_scores(cells, index):
     gallery, bank = cells
     query = make_queries(6)
@@ -149,13 +149,16 @@ def test_auto_index_and_blockwise_moments(cells, monkeypatch):
     assert two.kind == "flat"                       # 300 cells: far below FLAT_MAX_CELLS
     monkeypatch.setattr(ann, "FLAT_MAX_CELLS", 100)
     monkeypatch.setattr(ann, "_MOMENT_BLOCK", 64)    # 300 rows: five blocks, the last short
-    big = TwoStageRetriever(MemoryCells(gallery, bank), TERMS, nprobe=10_000)
-    assert big.kind == "ivf"
+    big = TwoStageRetriever(MemoryCells(gallery, bank), TERMS)
+    assert big.kind == "pca-sq8"
     x = gallery.descriptors.p_glo.double()
     torch.testing.assert_close(big.glo_mean, x.mean(0), rtol=0, atol=1e-12)
     centred = x - x.mean(0)
     torch.testing.assert_close(big.glo_cov, centred.t() @ centred / len(x), rtol=0, atol=1e-12)
-    # every list searched: the shortlist is the flat one
+    # the compressed index still shortlists every cell when asked for all of them, and its
+    # best cells are mostly the flat scan's (4 of 8 dimensions kept, random vectors)
     query = make_queries(3)
-    assert set(big.shortlist_rows(query, 20)[0].tolist()) == set(
-        two.shortlist_rows(query, 20)[0].tolist())
+    assert sorted(big.shortlist_rows(query, 300)[0].tolist()) == list(range(300))
+    near = [len(set(big.shortlist_rows(query, 60)[b].tolist())
+                & set(two.shortlist_rows(query, 60)[b].tolist())) for b in range(3)]
+    assert min(near) >= 20  # chance alone: 60 · 60 / 300 = 12

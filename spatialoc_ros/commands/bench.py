@@ -45,7 +45,8 @@ def add_bench_command(commands) -> None:
                        help="--scale: the retriever under test (exhaustive is the reference)")
     scale.add_argument("--shortlist", type=int, default=256, metavar="S",
                        help="--scale, two-stage: cells reranked exactly per query")
-    scale.add_argument("--index", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
+    scale.add_argument("--index", choices=("auto", "flat", "pca-sq8", "hnsw", "ivf"),
+                       default="auto",
                        help="--scale, two-stage: the faiss index of the shortlist")
     scale.add_argument("--distinct", type=int, default=None, metavar="D",
                        help="--scale: at most D distinct cells; rows beyond repeat the "
