@@ -60,7 +60,7 @@ def add_bench_command(commands) -> None:
 def _run_bench(args) -> int:
     from ..data.constants import SPLITS
     from ..errors import SpatialocError
-    from ..evaluation.bench import bench_map, cpu_report, format_bench, peak_rss_mb
+    from ..evaluation.bench import bench_map, cpu_report, format_bench, format_cpu, peak_rss_mb
 
     if args.scale:
         return _run_scale(args)
@@ -111,10 +111,7 @@ def _run_bench(args) -> int:
     else:
         print("\n\n".join(format_bench(r) for r in reports))
         print(f"\npeak resident memory: {result['peak_rss_mb']:.0f} MB")
-        cpu = result["cpu"]
-        print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['threads']} threads; "
-              f"{cpu['user_s']:.0f} s user, {cpu['system_s']:.0f} s system, "
-              f"{cpu['minor_page_faults']:,} minor page faults")
+        print(format_cpu(result["cpu"]))
         dds = result.get("dds_query_to_pose_ms", {})
         if "median" in dds:
             print(f"query to pose over DDS ({dds['map']}, scene {dds['scene']}, node in its own "
@@ -141,6 +138,7 @@ def _read_texts(path) -> list:
 
 def _run_scale(args) -> int:
     from ..errors import SpatialocError
+    from ..evaluation.bench import cpu_report, format_cpu
     from ..evaluation.scale import bench_scales, format_scale, plot_scale
 
     if not Path(args.data, "cells").is_dir():
@@ -153,15 +151,12 @@ def _run_scale(args) -> int:
                         distinct=args.distinct)
     if args.plot:
         plot_scale(rows, args.plot)
-    from ..evaluation.bench import cpu_report
-
     cpu = cpu_report()
     if args.json:
         print(json.dumps({"device": device, "cpu": cpu, "scale": rows[-1], "scales": rows}))
     else:
         print(format_scale(rows))
-        print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['threads']} threads; "
-              f"{cpu['user_s']:.0f} s user, {cpu['system_s']:.0f} s system")
+        print(format_cpu(cpu))
         if args.plot:
             print(f"wrote {args.plot}")
     return 0

@@ -83,11 +83,16 @@ class GalleryScorer:
     def __call__(self, query: CoarseOutputs) -> torch.Tensor:
         """Fused scores [B, C] (higher = better), equal to ``fused_scores(query, gallery,
         use)``."""
+        return torch.cat([self._score(query, sl) for sl in self.query_slices(query)])
+
+    def query_slices(self, query: CoarseOutputs):
+        """Slices of the queries small enough that one slice's similarities [b, Q, C, N] stay
+        within ``_ENTRIES_PER_CHUNK`` entries."""
         b = (query.q_glo if query.q_glo is not None else query.t_mask).shape[0]
         slots = max((neg.shape[1] for _, neg in self.sets.values()), default=1)
         hints = query.t_mask.shape[1] if query.t_mask is not None else 1
         per = max(1, _ENTRIES_PER_CHUNK // max(1, self.cells * slots * hints))
-        return torch.cat([self._score(query, slice(s, s + per)) for s in range(0, b, per)])
+        return [slice(s, s + per) for s in range(0, b, per)]
 
     def _score(self, query: CoarseOutputs, sl: slice) -> torch.Tensor:
         total = 0

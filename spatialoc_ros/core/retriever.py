@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 import torch
 
 from ..networks.outputs import CoarseOutputs
-from .retrieval import _ENTRIES_PER_CHUNK, GalleryScorer, zscore
+from .retrieval import GalleryScorer, zscore
 
 
 class Retriever(Protocol):
@@ -35,7 +35,7 @@ def _in_memory(cells) -> bool:
 
 
 def _all_descriptors(cells) -> CoarseOutputs:
-    """Every cell's descriptors from a Gallery, a MemoryCells or any other CellRows source."""
+    """Every cell's descriptors from a Gallery or a MemoryCells (see :func:`_in_memory`)."""
     if hasattr(cells, "gallery"):  # MemoryCells
         cells = cells.gallery
     return cells.descriptors
@@ -81,8 +81,6 @@ class ExhaustiveRetriever:
         """Raw scores [B, C] of each term over the whole gallery, block by block."""
         if self.scorer is not None:
             return self.scorer.terms(query)
-        b = (query.q_glo if query.q_glo is not None else query.t_mask).shape[0]
-        hints = query.t_mask.shape[1] if query.t_mask is not None else 1
         parts: Dict[str, List[torch.Tensor]] = {}
         sets = [t for t in self.use if t != "global"]
         for start in range(0, self.cells, self.chunk):
@@ -91,11 +89,9 @@ class ExhaustiveRetriever:
             if self.glo is not None:
                 block.p_glo = self.glo[rows]
             scorer = GalleryScorer(block, self.use)
-            slots = block.p_mask.shape[1] if block.p_mask is not None else 1
-            per = max(1, _ENTRIES_PER_CHUNK // max(1, len(rows) * slots * hints))
             pieces: Dict[str, List[torch.Tensor]] = {}
-            for q in range(0, b, per):
-                for name, raw in scorer.terms(query, slice(q, q + per)).items():
+            for sl in scorer.query_slices(query):
+                for name, raw in scorer.terms(query, sl).items():
                     pieces.setdefault(name, []).append(raw)
             for name, raw in pieces.items():
                 parts.setdefault(name, []).append(torch.cat(raw))

@@ -70,6 +70,13 @@ def cpu_report() -> Dict[str, object]:
             **process_times()}
 
 
+def format_cpu(cpu: Dict[str, object]) -> str:
+    """One line of :func:`cpu_report`."""
+    return (f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['threads']} threads; "
+            f"{cpu['user_s']:.0f} s user, {cpu['system_s']:.0f} s system, "
+            f"{cpu['minor_page_faults']:,} minor page faults")
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
     import platform

@@ -95,7 +95,7 @@ def build_distractors(folder, count: int, bundle, progress: bool = True,
     pending = remaining_jobs(writer)
     # torch keeps every core although one process generates alongside: generating a scene
     # takes about half a core, and PointNet++ on one thread left the other half idle
-    # (11.6 cells/s against about 20 with two threads, on 2 cores)
+    # (11.6 cells/s against 18.6-19.9 with two threads, on 2 cores)
     try:
         _encode_scenes(pool_jobs=pending, ctx=ctx, writer=writer, count=count, bundle=bundle,
                        device=device, bar=bar)
