@@ -25,7 +25,8 @@ import torch
 from .core.covariance import (hypothesis_variance, informative_scores, published_covariance,
                               sigma_radius_m)
 from .networks.outputs import CoarseOutputs
-from .core.language import LanguageFrontEnd, Reading, Understanding, read_texts
+from .core.language import (LanguageFrontEnd, Reading, Understanding, canonical_sentences,
+                            read_texts)
 from .core.query_text import DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS, check_text
 
 MAX_CACHED_SENTENCES = 50_000  # the in-memory token cache starts over beyond this
@@ -147,6 +148,7 @@ class Localizer:
         from .core.device import pick_device
         from .core.map_source import MapSource, open_map
         from .core.retriever import make_retriever
+        from .core.sentence_features import SentenceFeatures
         from .core.text_cache import TextCache
         from .core.weights import WeightsBundle
         from .data.ground import GroundHeights
@@ -157,16 +159,25 @@ class Localizer:
         self.top_k, self.max_chars, self.max_hints = top_k, max_chars, max_hints
         self.weights = (weights if isinstance(weights, WeightsBundle)
                         else WeightsBundle.load(weights, self.device))
+        # the token embeddings of every hint sentence the language front end can produce are
+        # encoded once (cached on disk with the gallery): an understood description never runs
+        # the text encoder
         self.coarse = load_coarse_stage(self.weights, str(self.map.path), self.map.name,
-                                        self.map.cells, None, cache=cache, progress=progress)
+                                        self.map.cells, [canonical_sentences()], cache=cache,
+                                        progress=progress)
         self.fine, self.fine_config = self.weights.fine, self.weights.fine_config
         # its own copy: fitting (``spatialoc eval --fit-calibration``) sets it on this localizer
         self.calibration = replace(self.weights.calibration)
         self.rows = MemoryCells(self.coarse.gallery, self.coarse.bank)
         self.retriever = make_retriever(retriever, self.rows, self.weights.score_terms,
                                         **(retriever_options or {}))
-        self.text = TextCache(self.weights.text_encoder())
+        self.text = TextCache(self.weights.text_encoder(), base=self.coarse.text)
         self.language = LanguageFrontEnd(self.text.encoder)
+        # and both stages' per-sentence hint features of those sentences
+        canonical = canonical_sentences()
+        self._sentences = (SentenceFeatures(self.coarse.model.hints, self.text, canonical,
+                                            self.device),
+                           SentenceFeatures(self.fine.hints, self.text, canonical, self.device))
         self.ground = GroundHeights()
         self.cells = [self.map.cells_by_id[i] for i in self.coarse.gallery.ids]  # gallery order
         self._cell_size = torch.tensor([c.cell_size for c in self.cells], dtype=torch.float64)
@@ -236,10 +247,14 @@ class Localizer:
     def encode_sentences(self, sentences: Sequence[str]) -> None:
         """Token embeddings of sentences not seen before (the cache is bounded)."""
         if len(self.text) > MAX_CACHED_SENTENCES:
-            from .core.text_cache import TextCache
-
-            self.text = TextCache(self.text.encoder)
+            self.text = self.text.fresh()
         self.text.add(list(sentences))
+
+    def forget_queries(self) -> None:
+        """Forget what earlier queries taught: the token embeddings of sentences outside the
+        canonical table and the language front end's word matches (a cold start for timing)."""
+        self.text = self.text.fresh()
+        self.language.forget()
 
     # --- batches of queries (evaluation) ----------------------------------------------------
 
@@ -247,21 +262,26 @@ class Localizer:
     def candidates(self, hint_lists: Sequence[Sequence[str]], top_k: int,
                    timing: Optional[dict] = None) -> Candidates:
         """Top-k cells of each query and the fine stage's position and precision in each."""
-        from .core.text_cache import text_batch
+        from .core.text_cache import batch_hints
 
         t0 = time.perf_counter()
         k = min(top_k, self.num_cells)
-        batch = {n: v.to(self.device) for n, v in text_batch(self.text, hint_lists).items()}
-        query = self.coarse.model.encode_text(**batch)
+        unique = list(dict.fromkeys(s for h in hint_lists for s in h))
+        index, mask = (v.to(self.device) for v in
+                       batch_hints(hint_lists, {s: i for i, s in enumerate(unique)}))
+        coarse_s, fine_s = (f.features(unique, self.text) for f in self._sentences)
+        query = self.coarse.model.encode_text(None, None, index, mask, coarse_s)
         query = CoarseOutputs(**{n: None if v is None else v.cpu()
                                  for n, v in vars(query).items()})
         scores, rows = self.retriever.top_k(query, k)                             # [B, K]
         t1 = time.perf_counter()
         b = len(hint_lists)
-        text_k = dict(batch, hint_index=batch["hint_index"].repeat_interleave(k, 0),
-                      hint_mask=batch["hint_mask"].repeat_interleave(k, 0))
+        # the hints once per query, then paired with each of its K cells
+        h, mask = self.fine.encode_text(None, None, index, mask, fine_s)
         cells = {n: v.to(self.device) for n, v in self.rows.bank_batch(rows.reshape(-1)).items()}
-        out = self.fine(text_k, cells)
+        o, object_mask = self.fine.encode_cells(**cells)
+        out = self.fine.locate(h.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), o,
+                               object_mask)
         offset = out.offset.double().cpu().reshape(b, k, 2)
         precision = (out.precision.float().cpu().reshape(b, k) if out.precision is not None
                      else torch.ones(b, k))

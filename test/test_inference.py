@@ -58,6 +58,46 @@ def test_batch_and_single_query_agree(localizer):
                                check_dtype=False)
 
 
+def test_served_path_matches_the_models_run_on_token_embeddings(localizer):
+    """The node's path reads the canonical hint sentences' per-sentence features, computed when
+    it starts, and runs the fine stage's hints once per query; training and `eval` run both
+    models on token embeddings. Both must give the same cells and positions (float32 noise
+    only: the sentence features are computed in another batch, so with other padding)."""
+    from spatialoc_ros.core.text_cache import text_batch
+    from spatialoc_ros.networks.outputs import CoarseOutputs
+
+    hints = [["The pose is north of a gray building.", "The pose is on-top of a dark-green "
+              "sidewalk."], ["The pose is west of a black pole.", "Somewhere near a fountain."]]
+    served = localizer.candidates(hints, 5)
+    with torch.inference_mode():
+        batch = text_batch(localizer.text, hints)
+        query = localizer.coarse.model.encode_text(**batch)
+        query = CoarseOutputs(**{n: v for n, v in vars(query).items()})
+        scores, rows = localizer.retriever.top_k(query, 5)
+        text_k = dict(batch, hint_index=batch["hint_index"].repeat_interleave(5, 0),
+                      hint_mask=batch["hint_mask"].repeat_interleave(5, 0))
+        out = localizer.fine(text_k, localizer.rows.bank_batch(rows.reshape(-1)))
+    assert torch.equal(served.rows, rows)
+    torch.testing.assert_close(served.scores, scores, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(served.precision, out.precision.reshape(2, 5), atol=1e-4,
+                               rtol=1e-3)
+    size = localizer._cell_size[rows].unsqueeze(-1)
+    positions = localizer._origin[rows] + (0.5 + out.offset.double().reshape(2, 5, 2)) * size
+    torch.testing.assert_close(served.positions, positions, atol=1e-3, rtol=0)  # metres
+
+
+def test_understood_descriptions_never_run_the_text_encoder(localizer):
+    """Every hint the language front end can produce is in the table encoded at start; only a
+    text it does not understand reaches the encoder."""
+    localizer.forget_queries()
+    localizer.localize("um i'm north of a grey building, standing on the green pavement")
+    assert len(localizer.text) == 0
+    localizer.localize("Somewhere quiet. Nothing to see.")
+    assert localizer.text.sentences == ["Somewhere quiet.", "Nothing to see."]
+    localizer.forget_queries()
+    assert len(localizer.text) == 0 and len(localizer.text.base) >= 840
+
+
 def test_a_fitted_consensus_reorders_the_same_cells_and_publishes_their_mode(localizer):
     from spatialoc_ros.core.consensus import consensus_order
     from spatialoc_ros.core.covariance import Calibration

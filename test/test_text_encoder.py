@@ -209,6 +209,28 @@ def test_cache_encodes_each_sentence_once(minilm):
     assert torch.equal(again[0, : again_mask[0].sum()], tokens[5, : mask[5].sum()])
 
 
+def test_cache_over_a_base_never_encodes_what_the_base_holds(minilm):
+    base = TextCache(minilm)
+    base.add(HINTS[:4])
+    counting = Counting(minilm)
+    cache = TextCache(counting, base=base)
+    assert HINTS[0] in cache and len(cache) == 0
+    tokens, mask = cache.get(HINTS)                       # two new sentences, four from the base
+    assert counting.sentences == 2 and len(cache) == 2 and len(base) == 4
+    first = base.entry(HINTS[0])
+    assert torch.equal(tokens[0, : mask[0].sum()], first)
+    index, hint_mask = cache.batch_hints([HINTS[:2], HINTS[4:]])  # rows of its own, no encoding
+    assert counting.sentences == 2 and hint_mask.sum().item() == 4
+    table, _ = cache.table()
+    assert torch.equal(table[index[0, 0], : first.shape[0]], first)
+    fresh = cache.fresh()
+    assert len(fresh) == 0 and fresh.base is base and HINTS[3] in fresh
+    other = Counting(minilm)
+    other.name = "something-else@000000000000"
+    with pytest.raises(ValueError, match="base cache"):
+        TextCache(other, base=base)
+
+
 def test_cache_disk_round_trip_and_other_encoder(minilm, tmp_path):
     cache = TextCache(minilm)
     cache.add(HINTS)

@@ -44,10 +44,19 @@ class TextCache:
     Each unique sentence gets a row number in order of first appearance; rows never
     change, so indices from :meth:`batch_hints` stay valid while the cache grows.
     With ``folder``, a cache saved there is loaded if the same encoder built it.
+
+    With ``base`` (another cache of the same encoder, e.g. every sentence the language front
+    end can produce, :func:`~.language.canonical_sentences`), sentences the base holds are
+    read from it and never encoded or stored here: :meth:`get` and :func:`text_batch` see
+    both. Row numbers (:meth:`rows`, :meth:`table`, :meth:`batch_hints`) are this cache's own.
     """
 
-    def __init__(self, encoder, folder: Union[str, Path, None] = None, batch_size: int = 256):
+    def __init__(self, encoder, folder: Union[str, Path, None] = None, batch_size: int = 256,
+                 base: Optional["TextCache"] = None):
+        if base is not None and base.name != encoder.name:
+            raise ValueError(f"base cache of encoder {base.name!r}, not {encoder.name!r}")
         self.encoder = encoder
+        self.base = base
         self.batch_size = batch_size
         self.folder = Path(folder) if folder is not None else None
         self._rows: Dict[str, int] = {}
@@ -68,7 +77,20 @@ class TextCache:
         return len(self._rows)
 
     def __contains__(self, sentence: str) -> bool:
-        return sentence in self._rows
+        return sentence in self._rows or (self.base is not None and sentence in self.base)
+
+    def fresh(self) -> "TextCache":
+        """An empty cache of the same encoder over the same base (what a new listener knows)."""
+        return TextCache(self.encoder, batch_size=self.batch_size, base=self.base)
+
+    def entry(self, sentence: str) -> torch.Tensor:
+        """The token embeddings [L, Dt] of a cached sentence (the base's, if it holds it)."""
+        row = self._rows.get(sentence)
+        if row is not None:
+            return self._tokens[row]
+        if self.base is not None and sentence in self.base:
+            return self.base.entry(sentence)
+        raise KeyError(sentence)
 
     @property
     def sentences(self) -> List[str]:
@@ -81,7 +103,7 @@ class TextCache:
         """Encode the sentences not cached yet (in batches); returns how many were new."""
         if isinstance(sentences, str):
             raise TypeError("expected a list of sentences, got one string")
-        missing = list(dict.fromkeys(s for s in sentences if s not in self._rows))
+        missing = list(dict.fromkeys(s for s in sentences if s not in self))
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
             tokens, mask = self.encoder.encode_tokens(chunk)
@@ -95,8 +117,13 @@ class TextCache:
     # --- reading ------------------------------------------------------------------------
 
     def rows(self, sentences: Sequence[str]) -> torch.Tensor:
-        """Row numbers of the sentences (encoding any that are new). [S] int64"""
+        """Row numbers of the sentences (encoding any that are new; a base's sentences get rows
+        here that share the base's tensors). [S] int64"""
         self.add(sentences)
+        for s in dict.fromkeys(s for s in sentences if s not in self._rows):
+            self._rows[s] = len(self._tokens)
+            self._tokens.append(self.base.entry(s))
+            self._table = None
         return torch.tensor([self._rows[s] for s in sentences], dtype=torch.long)
 
     def get(self, sentences: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +132,8 @@ class TextCache:
         Returns ``tokens`` [S, L, Dt] float32 (zero on padding) and ``mask`` [S, L] bool,
         L = the longest of these sentences.
         """
-        rows = self.rows(sentences).tolist()
-        return _pad([self._tokens[r] for r in rows], self.hidden_size)
+        self.add(sentences)
+        return _pad([self.entry(s) for s in sentences], self.hidden_size)
 
     def table(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Every cached sentence, padded: ``tokens`` [U, L, Dt], ``mask`` [U, L].
@@ -129,7 +156,7 @@ class TextCache:
         New sentences are encoded first.
         """
         hints = [split_sentences(d) if isinstance(d, str) else list(d) for d in descriptions]
-        self.add([s for h in hints for s in h])
+        self.rows([s for h in hints for s in h])
         return batch_hints(hints, self._rows)
 
     # --- disk ---------------------------------------------------------------------------

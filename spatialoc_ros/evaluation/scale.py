@@ -104,7 +104,6 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
     index build only, no recall)."""
     from tqdm import tqdm
 
-    from ..core.text_cache import TextCache
     from ..data.constants import SPLITS
     from ..inference import Localizer
     from .confidence_fit import Answers, answers_of, reliability
@@ -130,9 +129,9 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
     gt = loc.coarse.gallery.rows([p.cell_id for p in chosen])           # test rows come first
 
     def serve(text: str):
-        """One query as the node answers it, cold (nothing cached), timed per stage."""
-        loc.text = TextCache(loc.text.encoder)
-        loc.language.forget()
+        """One query as the node answers it, cold (nothing earlier queries taught is kept; the
+        canonical hint sentences' table is), timed per stage."""
+        loc.forget_queries()
         timing: Dict[str, float] = {}
         t0 = time.perf_counter()
         reading = loc.read([text])[0]

@@ -63,10 +63,12 @@ class CoarseModel(nn.Module):
             self.relations = ObjectRelationEncoder(cfg.d, cfg.iterations, cfg.ablate_beose,
                                                    cfg.ga_mode)
 
-    def encode_text(self, tokens, token_mask, hint_index, hint_mask) -> CoarseOutputs:
+    def encode_text(self, tokens, token_mask, hint_index, hint_mask,
+                    sentence_features=None) -> CoarseOutputs:
         """tokens [S, L, Dt], token_mask [S, L]; hint_index / hint_mask [B, Q] -> text
-        descriptors."""
-        h = self.hints(tokens, token_mask, hint_index, hint_mask)
+        descriptors. ``sentence_features`` [S, D]: ``self.hints.sentences`` of the rows, computed
+        before (eval mode; the tokens are then not read)."""
+        h = self.hints(tokens, token_mask, hint_index, hint_mask, sentence_features)
         out = CoarseOutputs(q_glo=self.global_text(h, hint_mask), t_mask=hint_mask)
         if not self.cfg.global_only:
             out.t_obj, out.t_rel = self.text_graph(h, hint_mask)

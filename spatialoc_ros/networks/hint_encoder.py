@@ -61,10 +61,14 @@ class HintEncoder(nn.Module):
         pooled = masked_max(x, token_mask)  # [S, Dt]
         return self.proj(pooled)
 
-    def forward(self, tokens, token_mask, hint_index, hint_mask) -> torch.Tensor:
+    def forward(self, tokens, token_mask, hint_index, hint_mask,
+                sentence_features=None) -> torch.Tensor:
         """H [B, Q, D]; ``hint_index`` [B, Q] picks rows of ``tokens``, ``hint_mask`` [B, Q]
-        marks real hints."""
-        s = self.sentences(tokens, token_mask)
+        marks real hints. ``sentence_features`` [S, D]: :meth:`sentences` of those rows computed
+        before (a sentence's features depend on it alone once the model is in eval mode);
+        ``tokens`` and ``token_mask`` are then not read."""
+        s = (self.sentences(tokens, token_mask) if sentence_features is None
+             else sentence_features)
         h = s[hint_index.clamp(min=0)] * hint_mask.unsqueeze(-1)
         lengths = hint_mask.sum(1).clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(h, lengths, batch_first=True,

@@ -117,11 +117,13 @@ class MambaResidual(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         y = self.norm(x)
-        out = self.mamba(y, mask)
-        if self.bidirectional:
+        if self.bidirectional:  # both scan orders in one batch: the mixer's rows are independent
             lengths = mask.sum(1)
-            back = self.mamba(reverse_valid(y, lengths), mask)
+            both = self.mamba(torch.cat([y, reverse_valid(y, lengths)]), mask.repeat(2, 1))
+            out, back = both.chunk(2)
             out = 0.5 * (out + reverse_valid(back, lengths))
+        else:
+            out = self.mamba(y, mask)
         return (x + out) * mask.unsqueeze(-1)
 
 
@@ -171,16 +173,18 @@ class FineModel(nn.Module):
         nn.init.zeros_(self.offset_head[-1].bias)
         self.precision_mlp = _head(cfg.d, 1) if cfg.precision_head else None
 
-    def encode_text(self, tokens, token_mask, hint_index,
-                    hint_mask) -> Tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(self, tokens, token_mask, hint_index, hint_mask,
+                    sentence_features=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """tokens [S, L, Dt], token_mask [S, L]; hint_index / hint_mask [B, Q] -> (H [B, Q, D],
         hint_mask).
 
         Each sentence row of ``tokens`` is encoded once however many queries
         point at it, so one query against K cells repeats only ``hint_index``.
+        ``sentence_features`` [S, D]: ``self.hints.sentences`` of the rows, computed before
+        (eval mode; the tokens are then not read).
         """
         check_padding_mask(hint_mask, hint_index.shape[1])
-        return self.hints(tokens, token_mask, hint_index, hint_mask), hint_mask
+        return self.hints(tokens, token_mask, hint_index, hint_mask, sentence_features), hint_mask
 
     def encode_cells(self, point_features, colors, centers, counts,
                      mask) -> Tuple[torch.Tensor, torch.Tensor]:
