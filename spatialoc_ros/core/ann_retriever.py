@@ -44,7 +44,8 @@ INDEX_KINDS = ("auto", "flat", "pca-sq8", "hnsw", "ivf")
 # with the 300 test queries of `bench --scale` against 100,000 cells: the true cell among the
 # 256 shortlisted for 87.3 % of them with flat, 87.7 % with pca-sq8, and with ivf (1,265 lists)
 # 65.0 % searching 32 lists and 85.7 % searching 256; retrieval recall@1/3/5 with pca-sq8 the
-# exhaustive one within a query; end to end 71.2 ms against 82.3 ms flat. A search at
+# exhaustive one within a query; end to end 71.2 ms against 82.3 ms flat (text encoder
+# included, as it then ran on every query). A search at
 # 1,000,000 cells: flat 102 ms, pca-sq8 28 ms. Text queries are not distributed like the
 # cells, so inverted lists probed by the query's nearest centroids miss the right cell far
 # more often than on cell-to-cell searches.
