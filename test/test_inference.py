@@ -268,6 +268,10 @@ def test_bench_reports_every_stage_and_the_latency_over_dds(
     for key in ("end_to_end_ms", "text_ms", "coarse_ms", "fine_ms"):
         assert report[key]["n"] == 4 and 0 < report[key]["median"] <= report[key]["p95"]
     assert report["gallery_build_s"] > 0 and report["gallery_cells"] > 0
+    first = report["maps"][0]
+    for mode in ("", "_encoder", "_cached"):  # cold, the encoder on every hint, cached
+        assert first[f"end_to_end{mode}_ms"]["n"] == 4
+    assert report["cpu"]["kernels"] and report["cpu"]["blas"]  # the math paths taken
     dds = report["dds_query_to_pose_ms"]
     assert dds["n"] > 0 and dds["median"] > 0
 

@@ -70,18 +70,32 @@ def process_times() -> Dict[str, float]:
 
 
 def cpu_report() -> Dict[str, object]:
-    """The CPU (model, cores, torch threads) and this process' CPU times and page faults."""
+    """The CPU (model, cores, torch threads), the math paths torch takes on it (the vector
+    instruction set its kernels were dispatched for, and its BLAS) and this process' CPU times
+    and page faults."""
     import os
 
     import torch
 
     return {"model": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "kernels": torch.backends.cpu.get_cpu_capability(), "blas": blas_name(),
             **process_times()}
+
+
+def blas_name() -> str:
+    """The BLAS torch was built with (``BLAS_INFO`` of its build settings: "mkl", "open", ...)."""
+    import re
+
+    import torch
+
+    found = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
+    return found.group(1) if found else "unknown"
 
 
 def format_cpu(cpu: Dict[str, object]) -> str:
     """One line of :func:`cpu_report`."""
-    return (f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['threads']} threads; "
+    return (f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['threads']} threads, "
+            f"{cpu.get('kernels', '?')} kernels, BLAS {cpu.get('blas', '?')}; "
             f"{cpu['user_s']:.0f} s user, {cpu['system_s']:.0f} s system, "
             f"{cpu['minor_page_faults']:,} minor page faults")
 
