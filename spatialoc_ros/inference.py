@@ -162,8 +162,9 @@ class Localizer:
         # the token embeddings of every hint sentence the language front end can produce are
         # encoded once (cached on disk with the gallery): an understood description never runs
         # the text encoder
+        canonical = canonical_sentences()
         self.coarse = load_coarse_stage(self.weights, str(self.map.path), self.map.name,
-                                        self.map.cells, [canonical_sentences()], cache=cache,
+                                        self.map.cells, [canonical], cache=cache,
                                         progress=progress)
         self.fine, self.fine_config = self.weights.fine, self.weights.fine_config
         # its own copy: fitting (``spatialoc eval --fit-calibration``) sets it on this localizer
@@ -174,7 +175,6 @@ class Localizer:
         self.text = TextCache(self.weights.text_encoder(), base=self.coarse.text)
         self.language = LanguageFrontEnd(self.text.encoder)
         # and both stages' per-sentence hint features of those sentences
-        canonical = canonical_sentences()
         self._sentences = (SentenceFeatures(self.coarse.model.hints, self.text, canonical,
                                             self.device),
                            SentenceFeatures(self.fine.hints, self.text, canonical, self.device))
@@ -262,13 +262,12 @@ class Localizer:
     def candidates(self, hint_lists: Sequence[Sequence[str]], top_k: int,
                    timing: Optional[dict] = None) -> Candidates:
         """Top-k cells of each query and the fine stage's position and precision in each."""
-        from .core.text_cache import batch_hints
+        from .core.text_cache import unique_hints
 
         t0 = time.perf_counter()
         k = min(top_k, self.num_cells)
-        unique = list(dict.fromkeys(s for h in hint_lists for s in h))
-        index, mask = (v.to(self.device) for v in
-                       batch_hints(hint_lists, {s: i for i, s in enumerate(unique)}))
+        unique, index, mask = unique_hints(hint_lists)
+        index, mask = index.to(self.device), mask.to(self.device)
         coarse_s, fine_s = (f.features(unique, self.text) for f in self._sentences)
         query = self.coarse.model.encode_text(None, None, index, mask, coarse_s)
         query = CoarseOutputs(**{n: None if v is None else v.cpu()

@@ -27,11 +27,10 @@ class SentenceFeatures:
 
     def __init__(self, hints, text, sentences: Sequence[str] = (), device="cpu"):
         self.hints, self.device = hints, torch.device(device)
-        self._rows: Dict[str, int] = {}
         unique = list(dict.fromkeys(sentences))
         parts = [self._compute(unique[s:s + BATCH], text) for s in range(0, len(unique), BATCH)]
         self._table = torch.cat(parts) if parts else None
-        self._rows = {s: i for i, s in enumerate(unique)}
+        self._rows: Dict[str, int] = {s: i for i, s in enumerate(unique)}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -47,16 +46,16 @@ class SentenceFeatures:
     def features(self, sentences: Sequence[str], text) -> torch.Tensor:
         """[S, D] on the device: the kept rows, and the other sentences computed from ``text``'s
         token embeddings (encoding them there if new)."""
-        kept = [i for i, s in enumerate(sentences) if s in self._rows]
-        if len(kept) == len(sentences):
-            return self._table[self._index([self._rows[s] for s in sentences])]
-        other = [i for i, s in enumerate(sentences) if s not in self._rows]
+        rows = [self._rows.get(s) for s in sentences]
+        other = [i for i, r in enumerate(rows) if r is None]
+        if not other:
+            return self._table[self._index(rows)]
         computed = self._compute([sentences[i] for i in other], text)
         out = computed.new_empty(len(sentences), computed.shape[1])
         out[self._index(other)] = computed
+        kept = [i for i, r in enumerate(rows) if r is not None]
         if kept:
-            out[self._index(kept)] = self._table[self._index([self._rows[sentences[i]]
-                                                              for i in kept])]
+            out[self._index(kept)] = self._table[self._index([rows[i] for i in kept])]
         return out
 
     def _index(self, rows) -> torch.Tensor:

@@ -253,10 +253,17 @@ def text_batch(cache: "TextCache", hints: Sequence[Sequence[str]]) -> Dict[str, 
     ``token_mask`` [S, L] from the cache; ``hint_index`` / ``hint_mask`` [B, Q]
     point each query's hints at those rows (queries may have any number of hints).
     """
-    unique = list(dict.fromkeys(s for h in hints for s in h))
+    unique, hint_index, hint_mask = unique_hints(hints)
     tokens, token_mask = cache.get(unique)
-    hint_index, hint_mask = batch_hints(hints, {s: i for i, s in enumerate(unique)})
     return dict(tokens=tokens, token_mask=token_mask, hint_index=hint_index, hint_mask=hint_mask)
+
+
+def unique_hints(hints: Sequence[Sequence[str]]) -> Tuple[List[str], torch.Tensor, torch.Tensor]:
+    """The batch's unique sentences (in order of first appearance) and each query's hints as
+    rows of them: ``index`` [B, Q] and ``mask`` [B, Q] (:func:`batch_hints`)."""
+    unique = list(dict.fromkeys(s for h in hints for s in h))
+    index, mask = batch_hints(hints, {s: i for i, s in enumerate(unique)})
+    return unique, index, mask
 
 
 def _pad(tokens: Sequence[torch.Tensor], dim: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,8 @@ exists: ``gallery_load_s``), then ``queries`` held-out descriptions of the map
   token embeddings were encoded once with the gallery, so the text encoder runs only on
   words it has to match;
 * encoder: the token cache is emptied entirely, so the text encoder runs on every hint
-  sentence (as for a text the front end understands nothing of);
+  sentence (the per-sentence hint features still come from the table computed at start;
+  a text the front end understands nothing of also computes those);
 * warm: the sentences are cached (a repeated description).
 
 Reported per stage (text encoding, coarse scoring, fine stage over the top-k,
@@ -31,7 +32,7 @@ from ..errors import SpatialocError
 STAGES = ("language", "text", "coarse", "fine", "total")
 # cold: a description never heard before, as the node meets it (the language front end's hints
 # come from the table of every canonical hint sentence, encoded once with the gallery); encoder:
-# the text encoder runs on every hint (a text the front end could not map to canonical hints);
+# the text encoder runs on every hint (the per-sentence hint features still from the table);
 # warm: every sentence cached (a repeated description)
 MODES = ("cold", "encoder", "warm")
 
@@ -156,7 +157,8 @@ def bench_map(map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
                 loc.encode_sentences(loc.read([text])[0].hints)
             else:  # a description never heard: only the canonical table is known, or nothing
                 loc.forget_queries()
-                loc.text = TextCache(loc.text.encoder, base=table if mode == "cold" else None)
+                if mode == "encoder":
+                    loc.text = TextCache(loc.text.encoder)
             result = loc.localize(text)
             for s in STAGES:
                 timings[mode][s].append(result.timing_ms[s])
