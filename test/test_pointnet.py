@@ -91,6 +91,35 @@ def test_ball_query_with_fewer_points_than_the_cap():
     assert idx.tolist() == [[[0, 1, 0]]]  # 3 slots (N < 64): two inside, one padded
 
 
+def test_ball_query_from_picked_centres_keeps_the_same_neighbours_unordered():
+    """The serving path (centre indices given, no sort) selects the same neighbour set per centre
+    as the sorted one, and its empty slots repeat the centre itself."""
+    g = torch.Generator().manual_seed(3)
+    for n, k in ((200, 64), (64, 64), (40, 64)):  # more points than slots, as many, fewer
+        pos = torch.rand(3, n, 3, generator=g)
+        picks = P.farthest_point_sample(pos, n // 2)
+        centres = P.gather_points(pos, picks)
+        ordered = P.ball_query(pos, centres, 0.3, k)
+        unordered = P.ball_query(pos, centres, 0.3, k, picks)
+        assert unordered.shape == ordered.shape
+        for b in range(3):
+            for i in range(n // 2):
+                assert set(unordered[b, i].tolist()) == set(ordered[b, i].tolist())
+                # every slot is inside the ball; those left empty hold the centre itself
+                row = unordered[b, i].tolist()
+                inside = int(((pos[b] - centres[b, i]).square().sum(-1) <= 0.09).sum())
+                slots = len(row)
+                assert row.count(int(picks[b, i])) == 1 + max(0, slots - inside)
+
+
+def test_squared_distances_equal_the_literal_formula():
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(2, 7, 3, generator=g), torch.randn(2, 11, 3, generator=g)
+    literal = (a.unsqueeze(2) - b.unsqueeze(1)).square().sum(-1)
+    # the same three squares summed in the same order: equal up to float32 rounding
+    assert torch.allclose(P.squared_distances(a, b), literal, rtol=1e-6, atol=1e-6)
+
+
 # --- the encoder -------------------------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,22 @@ def cpu_single_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a_i - b_j|² [B, M, N] of a [B, M, 3] and b [B, N, 3].
+
+    Summed coordinate by coordinate, x² + y² + z² in that order, as
+    ``(a_i - b_j).square().sum(-1)`` sums them, but without the [B, M, N, 3]
+    intermediate and its strided reduction (about three times faster).
+    """
+    at, bt = a.transpose(1, 2), b.transpose(1, 2)
+    d = at[:, 0, :, None] - bt[:, 0, None, :]
+    out = d.square()
+    for k in (1, 2):
+        torch.sub(at[:, k, :, None], bt[:, k, None, :], out=d)
+        out.add_(d.square_())
+    return out
+
+
 @torch.no_grad()
 def farthest_point_sample(pos: torch.Tensor, m: int) -> torch.Tensor:
     """Farthest-point sampling of m of the N points of each set.
@@ -114,10 +130,19 @@ def farthest_point_sample(pos: torch.Tensor, m: int) -> torch.Tensor:
         farthest = (pos - pos.mean(dim=1, keepdim=True)).square().sum(-1).argmax(dim=1)  # [B]
         dist = torch.full((B, N), math.inf, dtype=pos.dtype, device=pos.device)
         gap[:, 0] = math.inf
+        coords = pos.transpose(1, 2).contiguous()  # [B, 3, N]: one row per coordinate
+        d = torch.empty(B, N, dtype=pos.dtype, device=pos.device)
+        step = torch.empty(B, N, dtype=pos.dtype, device=pos.device)
         for i in range(m):
             idx[:, i] = farthest
-            d = (pos - pos[rows, farthest].unsqueeze(1)).square().sum(-1)  # [B, N]
-            dist = torch.minimum(dist, d)
+            picked = pos[rows, farthest]  # [B, 3]
+            # squared distance to the pick, x² + y² + z² (see squared_distances)
+            torch.sub(coords[:, 0], picked[:, :1], out=d)
+            torch.mul(d, d, out=step)
+            for k in (1, 2):
+                torch.sub(coords[:, k], picked[:, k:k + 1], out=d)
+                step.add_(d.square_())
+            torch.minimum(dist, step, out=dist)
             best, farthest = dist.max(dim=1)
             if i + 1 < m:
                 gap[:, i + 1] = best
@@ -127,16 +152,29 @@ def farthest_point_sample(pos: torch.Tensor, m: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ball_query(pos: torch.Tensor, centres: torch.Tensor, radius: float, k: int) -> torch.Tensor:
-    """Up to k neighbours within ``radius`` of each centre, nearest first.
+def ball_query(pos: torch.Tensor, centres: torch.Tensor, radius: float, k: int,
+               centre_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Up to k neighbours within ``radius`` of each centre.
 
     pos [B, N, 3], centres [B, M, 3] -> indices into pos [B, M, min(k, N)].
-    Slots beyond the points inside the ball repeat the nearest neighbour.
-    A point at exactly ``radius`` counts as inside.
+    A point at exactly ``radius`` counts as inside. Without ``centre_index``
+    the neighbours come nearest first and slots beyond the points inside the
+    ball repeat the nearest neighbour. With ``centre_index`` [B, M] (each
+    centre is the point pos[b, centre_index[b, i]], as farthest-point sampling
+    picks them) the same neighbours come in no particular order and the empty
+    slots repeat the centre itself: the nearest neighbour, at distance 0, so a
+    max over the slots is the same, and no sort is needed.
     """
-    d2 = (centres.unsqueeze(2) - pos.unsqueeze(1)).square().sum(-1)  # [B, M, N]
-    d2, idx = d2.topk(min(k, pos.shape[1]), dim=-1, largest=False, sorted=True)
-    return torch.where(d2 <= radius * radius, idx, idx[..., :1])
+    d2 = squared_distances(centres, pos)  # [B, M, N]
+    n = pos.shape[1]
+    if centre_index is None:
+        d2, idx = d2.topk(min(k, n), dim=-1, largest=False, sorted=True)
+        return torch.where(d2 <= radius * radius, idx, idx[..., :1])
+    if k >= n:  # every point is a candidate: no selection at all
+        idx = torch.arange(n, device=pos.device).expand_as(d2)
+    else:
+        d2, idx = d2.topk(k, dim=-1, largest=False, sorted=False)
+    return torch.where(d2 <= radius * radius, idx, centre_index.unsqueeze(-1))
 
 
 def mlp(channels: Sequence[int]) -> nn.Sequential:
@@ -210,8 +248,9 @@ class SetAbstraction(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         m = math.ceil(self.ratio * pos.shape[1])
-        centres = gather_points(pos, farthest_point_sample(pos, m))  # [B, M, 3]
-        idx = ball_query(pos, centres, self.radius, self.max_neighbours)  # [B, M, K]
+        picks = farthest_point_sample(pos, m)  # [B, M]
+        centres = gather_points(pos, picks)  # [B, M, 3]
+        idx = ball_query(pos, centres, self.radius, self.max_neighbours, picks)  # [B, M, K]
         return point_message_mlp(self.mlp, x, pos, idx, centres), centres  # [B, M, C']
 
 
