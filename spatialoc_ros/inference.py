@@ -146,7 +146,7 @@ class Localizer:
         from .core.cell_rows import MemoryCells
         from .core.coarse_stage import load_coarse_stage
         from .core.device import pick_device
-        from .core.map_source import MapSource, open_map
+        from .core.map_source import MapSource, cell_columns, cells_in_order, open_map
         from .core.retriever import make_retriever
         from .core.sentence_features import SentenceFeatures
         from .core.text_cache import TextCache
@@ -179,13 +179,15 @@ class Localizer:
                                             self.device),
                            SentenceFeatures(self.fine.hints, self.text, canonical, self.device))
         self.ground = GroundHeights()
-        self.cells = [self.map.cells_by_id[i] for i in self.coarse.gallery.ids]  # gallery order
-        self._cell_size = torch.tensor([c.cell_size for c in self.cells], dtype=torch.float64)
-        self._origin = torch.tensor(np.stack([c.bbox_w[:2] for c in self.cells]),
-                                    dtype=torch.float64)
+        # the cells in gallery order (a built map's are read when a query asks for them)
+        self.cells = cells_in_order(self.map, self.coarse.gallery.ids)
+        sizes, origins, scenes = cell_columns(self.cells)
+        self._cell_size = torch.from_numpy(sizes)
+        self._origin = torch.from_numpy(origins)
         # consensus joins cells of one scene only
-        scene_names = sorted({c.scene for c in self.cells})
-        self.scene_index = torch.tensor([scene_names.index(c.scene) for c in self.cells])
+        scene_names = sorted(set(scenes))
+        number = {name: i for i, name in enumerate(scene_names)}
+        self.scene_index = torch.tensor([number[s] for s in scenes])
         # the map's own rows, kept when :meth:`grow` adds others
         self._own = (self.rows, self._cell_size, self._origin, self.scene_index)
         self.build_s = time.perf_counter() - start

@@ -22,6 +22,7 @@ import torch
 
 from ..data.schema import Cell
 from .cache_files import load_tensors, save_tensors
+from .map_source import cell_ids
 from .object_points import objects_to_batch
 
 log = logging.getLogger(__name__)
@@ -214,4 +215,4 @@ def build_cell_bank(cells: Sequence[Cell], pointnet, max_objects: int = 28, seed
         x, pos = local[key]
         per_cell.add((x, pos - torch.from_numpy(origin.astype(np.float32))), (i, j))
     per_cell.flush()
-    return CellBank([c.id for c in cells], feats, colors, centers, counts, mask)
+    return CellBank(cell_ids(cells), feats, colors, centers, counts, mask)

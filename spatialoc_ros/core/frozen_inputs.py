@@ -17,6 +17,7 @@ from typing import Dict, Sequence, Tuple
 
 from .cell_bank import CellBank, build_cell_bank
 from ..digest import cells_digest, file_digest
+from .map_source import cell_ids
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def load_bank(root: Path, split: str, cells: Sequence, pointnet, pointnet_info: 
     key = bank_key(split, pointnet_info["digest"], max_objects, seed, cells)
     path = Path(root) / f"{key}.safetensors"
     bank = CellBank.load(path)
-    if bank is None or bank.ids != [c.id for c in cells]:
+    if bank is None or bank.ids != cell_ids(cells):
         log.info("computing the PointNet++ features of %d cells (nothing cached for these cells "
                  "and weights: %s)", len(cells), path.name)
         bank = build_cell_bank(cells, pointnet, max_objects, seed, progress=progress)

@@ -10,6 +10,7 @@ attributes and a test in :func:`open_map` that recognises their folders.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Dict, List, Optional, Protocol, Sequence, runtime_checkable
 
@@ -26,8 +27,11 @@ class MapSource(Protocol):
     name: str  # names the map's cache files: a benchmark split ("train", "val", "test") or "map"
     frame_id: str  # the frame its world coordinates are in
     scenes: List[str]
-    cells: List  # List[Cell]: the gallery, in a fixed order
-    cells_by_id: Dict[str, object]
+    # Sequence[Cell], the gallery in a fixed order: a list, or a sequence reading each cell when
+    # asked for, with the columns of :func:`cell_columns` and :func:`cell_ids` and a
+    # ``content_digest`` (a built map)
+    cells: Sequence
+    cells_by_id: Mapping[str, object]
     poses: List  # List[Pose]: descriptions recorded with the map (may be empty)
 
 
@@ -85,8 +89,9 @@ class BuiltMap:
     """A map folder written by ``spatialoc map build`` (``map.json``, ``cells.safetensors``).
 
     Its frame and origin come from ``map.json``; its cells' world coordinates already include
-    the origin. It has no recorded descriptions; ``spatialoc eval --map --queries`` brings
-    them.
+    the origin. Its cells are read from the memory-mapped file when asked for
+    (:class:`~..data.map_folder.MapCells`): a start reads the small per-cell arrays only. It
+    has no recorded descriptions; ``spatialoc eval --map --queries`` brings them.
     """
 
     def __init__(self, root):
@@ -98,23 +103,71 @@ class BuiltMap:
         self.frame_id = str(self.meta.get("frame_id", DEFAULT_FRAME))
         self.scenes = [self.name]
         self.poses: List = []
-        self._cells: Optional[List] = None
+        self._cells = None
 
     def load(self) -> "BuiltMap":
         if self._cells is None:
-            from ..data.map_folder import read_map_cells
+            from ..data.map_folder import MapCells
 
-            self._cells = read_map_cells(self.path, self.name)
-            self._by_id = {c.id: c for c in self._cells}
+            recorded = (self.meta.get("cells_file") or {}).get("sha256", "")
+            self._cells = MapCells(self.path, self.name, str(recorded))
+            self._by_id = CellsById(self._cells)
         return self
 
     @property
-    def cells(self) -> List:
+    def cells(self) -> Sequence:
         return self.load()._cells
 
     @property
-    def cells_by_id(self) -> Dict[str, object]:
+    def cells_by_id(self) -> Mapping[str, object]:
         return self.load()._by_id
+
+
+class CellsById(Mapping):
+    """A cell sequence looked up by cell id (each cell read when it is asked for)."""
+
+    def __init__(self, cells: Sequence):
+        self._cells = cells
+        self._row = {cid: i for i, cid in enumerate(cell_ids(cells))}
+
+    def __getitem__(self, cell_id: str):
+        return self._cells[self._row[cell_id]]
+
+    def __contains__(self, cell_id) -> bool:
+        return cell_id in self._row
+
+    def __iter__(self):
+        return iter(self._row)
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+
+def cell_ids(cells: Sequence) -> List[str]:
+    """The ids of a map's cells, in order (from its id column when it has one: nothing read)."""
+    ids = getattr(cells, "ids", None)
+    return list(ids) if ids is not None else [c.id for c in cells]
+
+
+def cells_in_order(source, ids: Sequence[str]) -> Sequence:
+    """The map's cells in the order of ``ids`` (a gallery's): the map's own sequence when it is
+    already in that order (nothing read), else a list looked up by id."""
+    if cell_ids(source.cells) == list(ids):
+        return source.cells
+    return [source.cells_by_id[i] for i in ids]
+
+
+def cell_columns(cells: Sequence):
+    """(cell sizes float64 [C], origins float64 [C, 2], scene names [C]) of a map's cells, from
+    its columns when it has them (a built map: no cell read), else from each cell."""
+    import numpy as np
+
+    if all(hasattr(cells, k) for k in ("sizes", "origins", "scenes")):
+        return (np.asarray(cells.sizes, dtype=np.float64),
+                np.asarray(cells.origins, dtype=np.float64), list(cells.scenes))
+    return (np.array([c.cell_size for c in cells], dtype=np.float64),
+            np.stack([c.bbox_w[:2] for c in cells]).astype(np.float64),
+            [c.scene for c in cells])
 
 
 def is_kitti360pose_folder(path: Path) -> bool:

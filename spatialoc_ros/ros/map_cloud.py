@@ -22,6 +22,7 @@ POINT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4")
 FIELDS = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1)
           for i, n in enumerate(("x", "y", "z", "rgb"))]
 DEDUP_GRID_M = 0.02
+OVERSAMPLE = 4  # points drawn per point kept from a file-backed map (cells overlap)
 _KEY_BITS = 21  # per axis: three axes pack into one int64
 
 
@@ -44,7 +45,20 @@ def _unique_rows(xyz: np.ndarray, grid: float) -> np.ndarray:
 
 def map_points(cells: Sequence, max_points: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """(xyz float32 [N, 3] world metres, rgb uint8 [N, 3]) of the cells' objects,
-    N <= max_points."""
+    N <= max_points.
+
+    A map whose cells are read from a file when asked for (a built map) draws its points from
+    the file instead (:meth:`~..data.map_folder.MapCells.sample_points`): a few times
+    ``max_points`` of them evenly, so that the copies overlapping cells hold still leave about
+    ``max_points`` distinct ones.
+    """
+    sample = getattr(cells, "sample_points", None)
+    if sample is not None:
+        xyz, labels = sample(OVERSAMPLE * max_points, seed)
+        names, which = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+        palette = np.array([_hex_rgb(CLASS_COLORS.get(n, UNKNOWN_CLASS_COLOR)) for n in names],
+                           np.uint8).reshape(-1, 3)
+        return _thin(xyz, palette[which.reshape(-1)], max_points, seed)
     xyz, rgb = [], []
     for cell in cells:
         for obj in cell.objects:
@@ -55,7 +69,13 @@ def map_points(cells: Sequence, max_points: int, seed: int = 0) -> Tuple[np.ndar
             rgb.append(np.broadcast_to(np.array(color, np.uint8), (len(obj.xyz), 3)))
     if not xyz:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
-    xyz, rgb = np.concatenate(xyz), np.concatenate(rgb)
+    return _thin(np.concatenate(xyz), np.concatenate(rgb), max_points, seed)
+
+
+def _thin(xyz: np.ndarray, rgb: np.ndarray, max_points: int, seed: int):
+    """Each point once (on the dedup grid), then at most ``max_points`` of them, evenly."""
+    if len(xyz) == 0:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
     keep = _unique_rows(xyz, DEDUP_GRID_M)
     if len(keep) > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(keep, size=max_points, replace=False))
