@@ -136,16 +136,21 @@ class Localizer:
     ``map_dir`` is a map folder (:func:`~.core.map_source.open_map`) or a
     :class:`~.core.map_source.MapSource`; ``weights`` a weights folder or a loaded
     :class:`~.core.weights.WeightsBundle`; ``retriever`` a name in
-    :data:`~.core.retriever.RETRIEVERS`.
+    :data:`~.core.retriever.RETRIEVERS`; ``cell_rows`` where the encoded cells are read from
+    (:data:`~.core.map_store.CELL_ROWS`: ``memory``, ``store`` memory-mapped, ``auto`` the store
+    above :data:`~.core.map_store.STORE_MIN_CELLS` cells).
     """
 
     def __init__(self, map_dir, weights="models", scenes: Optional[Sequence[str]] = None,
                  device="auto", cache=None, top_k: int = 10, max_chars: int = DEFAULT_MAX_CHARS,
                  max_hints: int = DEFAULT_MAX_HINTS, progress: bool = False,
-                 retriever: str = "auto", retriever_options: Optional[dict] = None):
+                 retriever: str = "auto", retriever_options: Optional[dict] = None,
+                 cell_rows: str = "auto"):
         from .core.cell_rows import MemoryCells
         from .core.coarse_stage import load_coarse_stage
         from .core.device import pick_device
+        from .core.frozen_inputs import cache_dir
+        from .core.map_store import load_or_build_map_store, use_store
         from .core.map_source import MapSource, cell_columns, cells_in_order, open_map
         from .core.retriever import make_retriever
         from .core.sentence_features import SentenceFeatures
@@ -163,13 +168,23 @@ class Localizer:
         # encoded once (cached on disk with the gallery): an understood description never runs
         # the text encoder
         canonical = canonical_sentences()
+        # a map above STORE_MIN_CELLS cells is served from a memory-mapped store of its encoded
+        # cells (:mod:`.core.map_store`), a smaller one from its gallery and bank in memory
+        stored = use_store(cell_rows, len(self.map.cells))
         self.coarse = load_coarse_stage(self.weights, str(self.map.path), self.map.name,
                                         self.map.cells, [canonical], cache=cache,
-                                        progress=progress)
+                                        progress=progress, encoded=not stored)
         self.fine, self.fine_config = self.weights.fine, self.weights.fine_config
         # its own copy: fitting (``spatialoc eval --fit-calibration``) sets it on this localizer
         self.calibration = replace(self.weights.calibration)
-        self.rows = MemoryCells(self.coarse.gallery, self.coarse.bank)
+        if stored:
+            self.rows = load_or_build_map_store(self.weights, self.map.cells,
+                                                cache_dir(str(self.map.path), cache),
+                                                self.map.name, progress)
+            order = self.rows.ids
+        else:
+            self.rows = MemoryCells(self.coarse.gallery, self.coarse.bank)
+            order = self.coarse.gallery.ids
         self.retriever = make_retriever(retriever, self.rows, self.weights.score_terms,
                                         **(retriever_options or {}))
         self.text = TextCache(self.weights.text_encoder(), base=self.coarse.text)
@@ -180,7 +195,7 @@ class Localizer:
                            SentenceFeatures(self.fine.hints, self.text, canonical, self.device))
         self.ground = GroundHeights()
         # the cells in gallery order (a built map's are read when a query asks for them)
-        self.cells = cells_in_order(self.map, self.coarse.gallery.ids)
+        self.cells = cells_in_order(self.map, order)
         sizes, origins, scenes = cell_columns(self.cells)
         self._cell_size = torch.from_numpy(sizes)
         self._origin = torch.from_numpy(origins)

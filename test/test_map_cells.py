@@ -64,14 +64,16 @@ def test_the_cache_key_comes_from_the_recorded_digest_not_the_points(written, mo
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("rows", ["memory", "store"])
 def test_a_warm_start_reads_no_cell_and_a_query_only_its_top_cells(
-        written, tiny_weights, tiny_dataset, tmp_path, monkeypatch):
+        rows, written, tiny_weights, tiny_dataset, tmp_path, monkeypatch):
     from spatialoc_ros.core.map_source import open_map
     from spatialoc_ros.data.map_folder import MapCells
     from spatialoc_ros.inference import Localizer
 
     folder, _ = written
-    first = Localizer(folder, tiny_weights, device="cpu", cache=tmp_path / "cache")  # builds
+    first = Localizer(folder, tiny_weights, device="cpu", cache=tmp_path / "cache",
+                      cell_rows=rows)  # builds its caches
     reads = []
     original = MapCells._read
 
@@ -80,7 +82,7 @@ def test_a_warm_start_reads_no_cell_and_a_query_only_its_top_cells(
         return original(self, i)
 
     monkeypatch.setattr(MapCells, "_read", counting)
-    loc = Localizer(folder, tiny_weights, device="cpu", cache=tmp_path / "cache")
+    loc = Localizer(folder, tiny_weights, device="cpu", cache=tmp_path / "cache", cell_rows=rows)
     assert reads == [] and loc.num_cells == first.num_cells
     text = open_map(tiny_dataset, [SCENE]).poses[0].text
     result = loc.localize(text)

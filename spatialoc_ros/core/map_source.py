@@ -157,6 +157,16 @@ def cells_in_order(source, ids: Sequence[str]) -> Sequence:
     return [source.cells_by_id[i] for i in ids]
 
 
+def cell_boxes(cells: Sequence):
+    """float64 [C, 6] world boxes of a map's cells (from its column when it has one)."""
+    import numpy as np
+
+    boxes = getattr(cells, "boxes", None)
+    if boxes is not None:
+        return np.asarray(boxes, dtype=np.float64)
+    return np.stack([c.bbox_w for c in cells]).astype(np.float64)
+
+
 def cell_columns(cells: Sequence):
     """(cell sizes float64 [C], origins float64 [C, 2], scene names [C]) of a map's cells, from
     its columns when it has them (a built map: no cell read), else from each cell."""

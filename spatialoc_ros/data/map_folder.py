@@ -114,7 +114,7 @@ class MapCells(Sequence[Cell]):
 
     In memory: the per-cell and per-object arrays (about 70 bytes a cell and 26 an object) and
     the columns serving needs of every cell (:attr:`ids`, :attr:`scenes`, :attr:`sizes`,
-    :attr:`origins`); the points and colours stay in the file (safetensors, memory-mapped).
+    :attr:`origins`, :attr:`boxes`); the points and colours stay in the file (safetensors, memory-mapped).
     ``content_digest`` stands for everything in the file: the SHA-256 of its bytes that
     ``spatialoc map build`` recorded in ``map.json`` (with the file's size and the map's
     name), so a start never reads the points to key its caches.
@@ -143,7 +143,7 @@ class MapCells(Sequence[Cell]):
                 or (labels.size and (labels.min() < 0 or labels.max() >= len(C.CLASS_NAMES)))):
             raise DataError(f"{self.path}: inconsistent map arrays (offsets do not match the "
                             "array sizes)")
-        self._bbox = bbox.astype(np.float64)
+        self._bbox = self.boxes = bbox.astype(np.float64)
         self._cell_objects, self._object_points = cell_objects, object_points
         self._labels = labels
         self._instances = a["object_instance"]

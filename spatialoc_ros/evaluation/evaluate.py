@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..core.map_source import cell_boxes, cell_columns, cell_ids
 from ..errors import SpatialocError
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,10 @@ def read_queries(path) -> List[Query]:
 def best_cell_ids(queries: List[Query], cells) -> List[str]:
     """Ground-truth cells: the given id, else the cell of the query's scene with the nearest
     centre."""
-    centers = np.stack([c.center_w for c in cells])
-    scenes = np.array([c.scene for c in cells])
+    boxes = cell_boxes(cells)
+    centers = (boxes[:, :3] + boxes[:, 3:]) / 2.0
+    scenes = np.array(cell_columns(cells)[2])
+    cell_id = cell_ids(cells)
     ids = []
     for q in queries:
         if q.cell_id is not None:
@@ -82,7 +85,7 @@ def best_cell_ids(queries: List[Query], cells) -> List[str]:
         same = np.flatnonzero(scenes == q.scene)
         if len(same) == 0:
             raise SpatialocError(f"query in scene {q.scene}: no cell of that scene in the gallery")
-        ids.append(cells[same[np.argmin(np.linalg.norm(centers[same] - q.pose_w, axis=1))]].id)
+        ids.append(cell_id[same[np.argmin(np.linalg.norm(centers[same] - q.pose_w, axis=1))]])
     return ids
 
 
@@ -245,7 +248,7 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     cand.scores, cand.precision = cand.scores.double(), cand.precision.double()
     truth = torch.tensor(np.stack([q.pose_w[:2] for q in queries]), dtype=torch.float64)
     query_scene = np.array([q.scene for q in queries])[:, None]
-    scenes = np.array([c.scene for c in loc.cells])
+    scenes = np.array(cell_columns(loc.cells)[2])
 
     def same_scene(c: Candidates) -> torch.Tensor:
         return torch.from_numpy(scenes[c.rows.numpy()] == query_scene)
