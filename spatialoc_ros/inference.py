@@ -27,6 +27,7 @@ from .core.covariance import (hypothesis_variance, informative_scores, published
 from .networks.outputs import CoarseOutputs
 from .core.language import (LanguageFrontEnd, Reading, Understanding, canonical_sentences,
                             read_texts)
+from .core.map_source import cell_ids
 from .core.query_text import DEFAULT_MAX_CHARS, DEFAULT_MAX_HINTS, check_text
 
 MAX_CACHED_SENTENCES = 50_000  # the in-memory token cache starts over beyond this
@@ -232,6 +233,12 @@ class Localizer:
         t0 = time.perf_counter()
         self.retriever = make_retriever(retriever, self.rows, self.weights.score_terms, **options)
         return time.perf_counter() - t0
+
+    def rows_of(self, ids: Sequence[str]) -> torch.Tensor:
+        """The gallery rows [M] of the map's cells ``ids``."""
+        if getattr(self, "_row_of", None) is None:
+            self._row_of = {cid: i for i, cid in enumerate(cell_ids(self.cells))}
+        return torch.tensor([self._row_of[i] for i in ids], dtype=torch.long)
 
     @property
     def num_cells(self) -> int:

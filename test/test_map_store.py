@@ -30,7 +30,9 @@ def close16(a, b):
     return bool(((a - b).abs() <= 2 * FLOAT16_REL * scale + FLOAT32_TOL).all())
 
 
-def test_store_rows_are_the_in_memory_rows(scene_map, bundle, tmp_path):
+def test_store_rows_are_the_in_memory_rows(scene_map, bundle, tmp_path, monkeypatch):
+    import spatialoc_ros.core.encoding as encoding
+
     from spatialoc_ros.core.cell_rows import MemoryCells
     from spatialoc_ros.core.coarse_stage import load_coarse_stage
     from spatialoc_ros.core.map_store import load_or_build_map_store
@@ -39,9 +41,21 @@ def test_store_rows_are_the_in_memory_rows(scene_map, bundle, tmp_path):
     stage = load_coarse_stage(bundle, str(tmp_path), "test", cells, None, cache=tmp_path / "c",
                               progress=False)
     memory = MemoryCells(stage.gallery, stage.bank)
-    # small chunks: instances shared by cells of two chunks, and chunk edges, are exercised
-    store = load_or_build_map_store(bundle, cells, tmp_path / "c", "test", progress=False,
-                                    chunk=7)
+    # encoded in small chunks (instances shared by cells of two chunks, chunk edges), and
+    # filled from the cached bank and gallery of the in-memory rows
+    encoded = load_or_build_map_store(bundle, cells, tmp_path / "s", "test", progress=False,
+                                      chunk=7)
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again although the map's gallery is cached")
+
+    monkeypatch.setattr(encoding, "encode_gallery", no_encoding)
+    copied = load_or_build_map_store(bundle, cells, tmp_path / "c", "test", progress=False,
+                                     chunk=7)
+    for store in (encoded, copied):
+        check_rows(store, memory, cells, stage)
+
+
+def check_rows(store, memory, cells, stage):
     assert store.ids == [c.id for c in cells] == stage.gallery.ids
     torch.testing.assert_close(store.global_descriptors(), memory.global_descriptors(),
                                rtol=0, atol=FLOAT32_TOL)

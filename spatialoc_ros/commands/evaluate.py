@@ -39,6 +39,10 @@ def add_eval_command(commands) -> None:
                    help="two-stage (faiss shortlist, exact fused rerank), exhaustive (the fused "
                         "score of every cell, the reference) or auto (as served: exhaustive up "
                         "to 2,048 cells, two-stage above)")
+    p.add_argument("--cell-rows", choices=("auto", "memory", "store"), default="auto",
+                   help="where the encoded cells are read from: memory, or a memory-mapped "
+                        "store built in the cache the first time (float16 instance features); "
+                        "auto (as served): memory up to 20,000 cells, the store above")
     p.add_argument("--reports", default=None, nargs="+", metavar="FILE.json",
                    help="tabulate (and --plot) reports saved from earlier '--json' runs instead "
                         "of evaluating")
@@ -82,7 +86,7 @@ def _run_eval(args) -> int:
                         device=args.device, progress=not (args.quiet or args.json),
                         fit_calibration=args.fit_calibration, show=args.show,
                         show_dir=args.out, distractors=args.distractors,
-                        retriever=args.retriever)
+                        retriever=args.retriever, cell_rows=args.cell_rows)
                for w in args.weights]
     if args.order_sensitivity:
         from ..evaluation.order_sensitivity import measure_order_sensitivity
@@ -128,7 +132,7 @@ def _run_eval_map(args) -> int:
                              "a benchmark split (--data), not on --map")
     reports = [evaluate_map(args.map, args.queries, w, scenes=args.scenes, cache=args.cache,
                             device=args.device, progress=not (args.quiet or args.json),
-                            show=args.show, show_dir=args.out)
+                            show=args.show, show_dir=args.out, cell_rows=args.cell_rows)
                for w in args.weights]
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports))

@@ -13,7 +13,9 @@ after its last complete chunk. It sits in the map's cache folder, keyed by
 what the in-memory gallery is keyed by (the cells' content, the PointNet++ and
 coarse weights, the sampling seed): every feature is computed exactly as for
 the in-memory gallery (objects are sampled with seeds of their own, whatever
-chunk they fall in), then stored as float16 where :mod:`.cell_store` says.
+chunk they fall in), then stored as float16 where :mod:`.cell_store` says. A
+map that was served from memory before has its bank and gallery cached: the
+store is filled from them, with nothing encoded again.
 """
 from __future__ import annotations
 
@@ -64,7 +66,8 @@ def load_or_build_map_store(bundle, cells: Sequence, cache_root, split: str,
 
     ids = cell_ids(cells)
     bank = bank_key(split, bundle.pointnet_info["digest"], bundle.max_objects, bundle.seed, cells)
-    key = store_key(gallery_key(bundle.coarse_weights, bank))
+    key_of_gallery = gallery_key(bundle.coarse_weights, bank)
+    key = store_key(key_of_gallery)
     folder = Path(cache_root) / f"store-{key}"
     store = open_store(folder)
     if store is not None and store.key == key and store.ids == ids:
@@ -75,17 +78,18 @@ def load_or_build_map_store(bundle, cells: Sequence, cache_root, split: str,
     if writer.meta["ids"] != ids[:writer.rows]:  # rows of other cells (a damaged store): anew
         shutil.rmtree(folder)
         writer = CellStoreWriter(folder, *shape, key=key)
+    if writer.rows == 0 and _copy_from_memory_caches(writer, Path(cache_root), bank,
+                                                     key_of_gallery, ids, sizes, origins,
+                                                     scenes, chunk):
+        return CellStore(folder)
     if writer.rows:
         log.info("resuming the cell store of %d cells after row %d", len(ids), writer.rows)
     bar = tqdm(total=len(ids), initial=writer.rows, desc="cell store", unit="cell",
                disable=not progress, dynamic_ncols=True)
     try:
         while writer.rows < len(ids):
-            start = writer.rows
             # one chunk, cut where the scene changes (a store part holds one scene)
-            stop = min(start + chunk, len(ids))
-            same = [i for i in range(start + 1, stop) if scenes[i] != scenes[start]]
-            stop = same[0] if same else stop
+            start, stop = next(_runs_of_scenes(scenes, writer.rows, len(ids), chunk))
             part = [cells[i] for i in range(start, stop)]
             features = build_cell_bank(part, bundle.pointnet, bundle.max_objects, bundle.seed,
                                        progress=False)
@@ -97,3 +101,39 @@ def load_or_build_map_store(bundle, cells: Sequence, cache_root, split: str,
     finally:
         bar.close()
     return CellStore(folder)
+
+
+def _runs_of_scenes(scenes: Sequence[str], start: int, stop: int, chunk: int):
+    """[a, b) spans of rows start..stop, each within one scene and at most ``chunk`` long."""
+    a = start
+    while a < stop:
+        b = min(a + chunk, stop)
+        cut = next((i for i in range(a + 1, b) if scenes[i] != scenes[a]), b)
+        yield a, cut
+        a = cut
+
+
+def _copy_from_memory_caches(writer, root: Path, bank_key_: str, key_of_gallery: str,
+                             ids, sizes, origins, scenes, chunk: int) -> bool:
+    """Fill the store from the map's cached bank and gallery files (the map served from memory
+    before: nothing to encode); False when they are not both there for these cells."""
+    from .cell_bank import CellBank
+    from .gallery import Gallery
+
+    features = CellBank.load(root / f"{bank_key_}.safetensors")
+    if features is None or features.ids != ids:
+        return False
+    gallery = Gallery.load(root / f"gallery-{key_of_gallery}.safetensors")
+    if gallery is None or gallery.ids != ids:
+        return False
+    from ..networks.outputs import CoarseOutputs
+
+    log.info("filling the cell store of %d cells from the cached gallery", len(ids))
+    d = gallery.descriptors
+    for a, b in _runs_of_scenes(scenes, 0, len(ids), chunk):
+        rows = torch.arange(a, b)
+        part = CoarseOutputs(p_glo=d.p_glo[a:b], p_obj=d.p_obj[a:b], p_rel=d.p_rel[a:b],
+                             p_mask=d.p_mask[a:b])
+        writer.append(ids[a:b], scenes[a], part, features.batch(rows), sizes[a:b],
+                      np.asarray(origins[a:b]))
+    return True

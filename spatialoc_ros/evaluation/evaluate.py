@@ -92,7 +92,8 @@ def best_cell_ids(queries: List[Query], cells) -> List[str]:
 def evaluate(data: str, split: str, weights: str = "models", queries_file: Optional[str] = None,
              cache: Optional[str] = None, device: str = "auto", progress: bool = True,
              fit_calibration: bool = False, show: int = 0, show_dir: Optional[str] = None,
-             distractors: Sequence[str] = (), retriever: str = "auto") -> dict:
+             distractors: Sequence[str] = (), retriever: str = "auto",
+             cell_rows: str = "auto") -> dict:
     """The evaluation report (the JSON of ``spatialoc eval --json``).
 
     With fine weights in ``weights`` the whole pipeline runs (retrieval and
@@ -136,7 +137,7 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
 
         loc = Localizer(data, weights, scenes=list(data_split.scenes) + list(distractors),
                         device=device, cache=cache, top_k=max(CURVE_KS), progress=progress,
-                        retriever=retriever)
+                        retriever=retriever, cell_rows=cell_rows)
         report.update(_pipeline(loc, weights, queries, gt, progress, fit_calibration, show,
                                 show_dir, data_split.name, distractors))
         if distractors:
@@ -156,7 +157,7 @@ def evaluate(data: str, split: str, weights: str = "models", queries_file: Optio
 def evaluate_map(map_dir: str, queries_file: str, weights: str = "models",
                  scenes: Optional[Sequence[str]] = None, cache: Optional[str] = None,
                  device: str = "auto", progress: bool = True, show: int = 0,
-                 show_dir: Optional[str] = None) -> dict:
+                 show_dir: Optional[str] = None, cell_rows: str = "auto") -> dict:
     """Recorded descriptions (``{"text", "pose_w"}``, the map's world coordinates) against any
     map: localization recall and calibration; retrieval recall only where every query names
     its cell (``"cell_id"``) or the map is a KITTI360Pose folder, whose ground-truth cells the
@@ -178,7 +179,7 @@ def evaluate_map(map_dir: str, queries_file: str, weights: str = "models",
             raise SpatialocError(f"{queries_file}: a query of scene {q.scene} is not in the "
                                  f"map's scenes ({', '.join(short)})")
     loc = Localizer(source, weights, device=device, cache=cache, top_k=max(CURVE_KS),
-                    progress=progress)
+                    progress=progress, cell_rows=cell_rows)
     named = all(q.cell_id is not None for q in queries)
     gt = None
     if isinstance(source, KittiPoseMap) or named:
@@ -259,7 +260,7 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     errors = errors_of(cand)  # the protocol: retrieval order, each cell's own position
     out = {"gallery_cells": loc.num_cells}
     if gt is not None:
-        gt_rows = loc.coarse.gallery.rows(gt)
+        gt_rows = loc.rows_of(gt)
         out["retrieval_recall"] = retrieval_metrics(cand.rows, gt_rows, RETRIEVAL_KS)
         out["retrieval_recall_curve"] = retrieval_metrics(cand.rows, gt_rows, CURVE_KS)
     out["localization_recall"] = localization_recall(errors)

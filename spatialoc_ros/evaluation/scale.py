@@ -126,7 +126,7 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
     rng = np.random.default_rng(seed)
     chosen = [poses[i] for i in np.sort(rng.choice(len(poses), min(queries, len(poses)),
                                                    replace=False))]
-    gt = loc.coarse.gallery.rows([p.cell_id for p in chosen])           # test rows come first
+    gt = loc.rows_of([p.cell_id for p in chosen])           # test rows come first
 
     def serve(text: str):
         """One query as the node answers it, cold (nothing earlier queries taught is kept; the

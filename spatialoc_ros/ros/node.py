@@ -127,7 +127,8 @@ class LocalizerNode(LifecycleNode):
                                   max_hints=settings.max_hints, retriever=settings.retriever,
                                   retriever_options=({"shortlist": settings.shortlist}
                                                      if settings.retriever != "exhaustive"
-                                                     else None))
+                                                     else None),
+                                  cell_rows=settings.cell_rows)
             settings = self._map_frame(settings, localizer.map)
             cloud = (map_points(localizer.map.cells, settings.map_cloud_max_points)
                      if settings.publish_map_cloud else None)

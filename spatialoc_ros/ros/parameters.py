@@ -54,6 +54,10 @@ PARAMETERS: Tuple[Parameter, ...] = (
               choices=("auto", "two-stage", "exhaustive")),
     Parameter("shortlist", 256, "two-stage retriever: cells reranked exactly per query",
               range=(1, 100_000)),
+    Parameter("cell_rows", "auto",
+              "where the encoded cells are read from: memory; store (memory-mapped, built in the "
+              "cache the first time); auto: memory up to 20,000 cells, the store above",
+              choices=("auto", "memory", "store")),
     Parameter("frame_id", "map",
               "frame of the published poses, results and markers (REP-105 map frame)"),
     Parameter("yaw_variance", math.pi ** 2,
@@ -113,6 +117,7 @@ class Settings:
     top_k: int
     retriever: str
     shortlist: int
+    cell_rows: str
     frame_id: str
     yaw_variance: float
     low_confidence_sigma_m: float
