@@ -186,6 +186,8 @@ class Localizer:
         else:
             self.rows = MemoryCells(self.coarse.gallery, self.coarse.bank)
             order = self.coarse.gallery.ids
+        # what the encoded cells were computed from (the cache key of the bank or the store)
+        self.cells_key = self.rows.key if stored else self.coarse.bank.key
         self.retriever = make_retriever(retriever, self.rows, self.weights.score_terms,
                                         **(retriever_options or {}))
         self.text = TextCache(self.weights.text_encoder(), base=self.coarse.text)

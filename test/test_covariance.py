@@ -66,6 +66,26 @@ def test_mahalanobis_and_nll_of_a_known_gaussian():
     assert abs(float(gaussian_nll(e, cov)) - want) < 1e-12
 
 
+def test_an_answer_in_another_scene_lies_outside_every_ellipse():
+    """Its error has no meaning in the query's frame (frames of different scenes overlap): it
+    counts outside, however wide the ellipse, and stays out of the mean NLL."""
+    from spatialoc_ros.evaluation.localization import elsewhere_errors
+
+    cov = torch.tensor([[[4.0, 1.0], [1.0, 9.0]]] * 3, dtype=torch.float64) * 1e6  # huge
+    truth_minus_answer = torch.tensor([[1.0, 2.0], [0.5, -0.5], [3.0, 0.0]], dtype=torch.float64)
+    same = torch.tensor([True, False, True])
+    err = elsewhere_errors(truth_minus_answer, same)
+    assert torch.isinf(err[1]).all() and torch.equal(err[[0, 2]], truth_minus_answer[[0, 2]])
+    d2 = mahalanobis_sq(err, cov)
+    assert math.isinf(d2[1]) and bool(torch.isfinite(d2[[0, 2]]).all())
+    rep = calibration_report(err, cov)
+    assert rep["within_1sigma"] == pytest.approx(2 / 3) and rep["within_2sigma"] == \
+        pytest.approx(2 / 3)
+    assert rep["elsewhere"] == pytest.approx(1 / 3)
+    assert rep["nll"] == pytest.approx(float(gaussian_nll(err[[0, 2]], cov[[0, 2]]).mean()))
+    assert elsewhere_errors(truth_minus_answer, None) is truth_minus_answer
+
+
 def test_calibrated_gaussian_errors_give_the_textbook_coverage():
     g = torch.Generator().manual_seed(1)
     n = 20000

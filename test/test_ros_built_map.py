@@ -77,10 +77,12 @@ def test_a_built_map_serves_in_its_own_frame(ros_env, built_map, tiny_weights, t
     assert BuiltMap(folder).frame_id == FRAME and queries
     lo, hi = map_extent(folder)
     log = tmp_path / "node.log"
-    # frame_id stays the parameter's default ("map"): the map's own frame replaces it.
+    # frame_id stays the parameter's default ("map"): the map's own frame replaces it. The
+    # cells are served from the map's store, as a city-sized map's are (its points read from the
+    # memory-mapped cells file when a query or the map cloud needs them).
     proc = start_localizer(ros_env, log, f"map_path:={folder}", f"weights_dir:={tiny_weights}",
                            "device:=cpu", "low_confidence_sigma_m:=1000000.0",
-                           f"map_cloud_max_points:={CLOUD_POINTS}")
+                           f"map_cloud_max_points:={CLOUD_POINTS}", "cell_rows:=store")
     probe = Probe(ros_env)
     try:
         probe.wait_state(State.PRIMARY_STATE_ACTIVE, proc)

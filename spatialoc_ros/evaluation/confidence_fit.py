@@ -31,7 +31,7 @@ class Answers:
 
     features: torch.Tensor  # [B, F] float64
     right: torch.Tensor  # [B] bool: within RIGHT_M of the truth, in its scene
-    err_xy: torch.Tensor  # [B, 2] truth - answer (metres; meaningless across scenes)
+    err_xy: torch.Tensor  # [B, 2] truth - answer (metres); inf for an answer in another scene
     cov: torch.Tensor  # [B, 2, 2] the mixture covariance of eq. (2), before the far term
     cells: torch.Tensor  # [B] gallery size of each answer
     # [B] the part of cov that scales with the calibration's ``scale`` (its isotropic fine
@@ -68,9 +68,12 @@ def answers_of(loc, readings, ordered, truth: torch.Tensor,
     var, cov = loc.covariances(ordered, evidence)
     weights = mixture_weights(informative_scores(ordered.scores.double(), evidence),
                               loc.calibration.beta)
+    from .localization import elsewhere_errors
+
     best = ordered.positions[:, 0]
-    err = truth - best
-    right = (loc.scene_index[ordered.rows[:, 0]] == query_scene) & (err.norm(dim=1) <= RIGHT_M)
+    same = loc.scene_index[ordered.rows[:, 0]] == query_scene
+    err = elsewhere_errors(truth - best, same)
+    right = same & (err.norm(dim=1) <= RIGHT_M)
     return Answers(feats, right, err, cov, torch.full((len(readings),), float(loc.num_cells)),
                    (weights * var).sum(1), loc.calibration.scale)
 
@@ -196,7 +199,7 @@ def fit_scale_and_far_variance(answers: Answers, model: ProbabilityModel,
     squared coverage miss wins, the mean negative log-likelihood breaking near-ties (as
     :func:`.localization.fit_calibration`).
     """
-    from .localization import gaussian_nll
+    from .localization import mean_nll
 
     err = answers.err_xy.double()
     best = None
@@ -205,7 +208,7 @@ def fit_scale_and_far_variance(answers: Answers, model: ProbabilityModel,
         miss = round((c1 - TARGET_1SIGMA) ** 2 + (c2 - TARGET_2SIGMA) ** 2, 5)
         if best is not None and miss > best[0][0]:
             continue
-        key = (miss, float(gaussian_nll(err, cov).mean()))
+        key = (miss, mean_nll(err, cov))
         if best is None or key < best[0]:
             best = (key, scale, v, power)
     _, scale, v, power = best
@@ -375,6 +378,8 @@ def format_probability_report(report: dict) -> str:
 
 
 _ANSWER_FIELDS = ("features", "right", "err_xy", "cov", "cells", "iso")
+# 2: an answer in another scene has an infinite error (it was truth - answer across frames)
+ANSWERS_FORMAT = "answers-2"
 
 
 def _answers_path(loc, data, weights, cache, cells: int, shortlist: int):
@@ -390,7 +395,7 @@ def _answers_path(loc, data, weights, cache, cells: int, shortlist: int):
     from .distractors import distractor_key
 
     cal = {k: v for k, v in loc.calibration.to_dict().items() if k != "probability"}
-    parts = [file_digest(loc.weights.coarse_weights, 64), loc.coarse.bank.key,
+    parts = [ANSWERS_FORMAT, file_digest(loc.weights.coarse_weights, 64), loc.cells_key,
              distractor_key(loc.weights), json.dumps(cal, sort_keys=True), str(cells),
              str(shortlist), str(loc.top_k), str(len(loc.map.poses))]
     parts.append(file_digest(Path(weights) / "fine.safetensors", 64))

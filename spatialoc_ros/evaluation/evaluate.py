@@ -234,8 +234,8 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     from .confidence_fit import reliability
     from ..inference import Candidates
     from ..core.retrieval import retrieval_metrics
-    from .localization import (calibration_report, candidate_errors, fit_calibration,
-                               localization_recall)
+    from .localization import (calibration_report, candidate_errors, elsewhere_errors,
+                               fit_calibration, localization_recall)
 
     readings = loc.read([q.text for q in queries])  # the language front end, as in localize()
     hint_lists = [r.hints for r in readings]
@@ -283,7 +283,8 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
         cal, _ = fit_calibration(cand.positions, informative_scores(cand.scores, evidence),
                                  cand.precision, cand.cell_size, truth,
                                  fitted_on=f"{fitted_on}: {len(queries)} queries{gallery}",
-                                 centre=ordered.positions[:, 0], consensus=(beta, bandwidth))
+                                 centre=ordered.positions[:, 0], consensus=(beta, bandwidth),
+                                 same_scene=same_scene(ordered)[:, 0])
         path = Path(weights) / CALIBRATION_FILE
         if loc.calibration.probability:
             log.warning("the refitted covariance calibration drops the probability model fitted "
@@ -301,7 +302,8 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
         cov = inflate_covariance(cov, p, model.far_variance_m2, model.far_power)
         right = (same_scene(ordered)[:, 0]
                  & ((truth - ordered.positions[:, 0]).norm(dim=1) <= RIGHT_M))
-    out["calibration"] = calibration_report(truth - ordered.positions[:, 0], cov)
+    out["calibration"] = calibration_report(
+        elsewhere_errors(truth - ordered.positions[:, 0], same_scene(ordered)[:, 0]), cov)
     out["calibration"].update(loc.calibration.to_dict())
     if model is not None:
         out["calibration"]["probability"] = reliability(p, right)
@@ -369,6 +371,9 @@ def format_report(report: dict) -> str:
                      f"(86.5 %), mean NLL {cal['nll']:.2f}, median 1-sigma "
                      f"{cal['median_sigma_m']:.1f} m"
                      + ("" if cal.get("fitted_on") else " (uncalibrated)"))
+        if cal.get("elsewhere"):
+            lines.append(f"  {100 * cal['elsewhere']:.1f} % of the answers are in another scene: "
+                         "outside every ellipse")
         prob = cal.get("probability")
         if prob:
             lines.append(f"answer probability of being within 10 m: mean "

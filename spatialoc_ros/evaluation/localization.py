@@ -10,6 +10,12 @@ covariance Sigma give the squared Mahalanobis distance d² = e^T Sigma^-1 e. For
 a calibrated 2-D Gaussian, P(d² <= 1) = 1 - exp(-1/2) = 39.3 % (inside the
 1-sigma ellipse) and P(d² <= 4) = 1 - exp(-2) = 86.5 % (2-sigma). The mean
 negative log-likelihood is also reported.
+
+An answer in another scene than the query's (another drive of the benchmark,
+or another city's distractor cell) has no error in the query's frame: its
+error is given as non-finite, and it lies outside every ellipse (d² = inf).
+The mean NLL is over the answers with a finite error; ``elsewhere`` is the
+share of the others.
 """
 from __future__ import annotations
 
@@ -45,23 +51,44 @@ def localization_recall(errors: torch.Tensor, ks: Sequence[int] = LOCALIZATION_K
 
 
 def mahalanobis_sq(err_xy: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """d² [B] of errors [B, 2] under covariances [B, 2, 2]."""
-    sol = torch.linalg.solve(cov, err_xy.unsqueeze(-1)).squeeze(-1)
-    return (err_xy * sol).sum(-1)
+    """d² [B] of errors [B, 2] under covariances [B, 2, 2]; inf for a non-finite error (an
+    answer in another scene)."""
+    finite = torch.isfinite(err_xy).all(dim=-1)
+    e = torch.where(finite[:, None], err_xy, torch.zeros_like(err_xy))
+    sol = torch.linalg.solve(cov, e.unsqueeze(-1)).squeeze(-1)
+    return ((e * sol).sum(-1)).masked_fill(~finite, math.inf)
 
 
 def gaussian_nll(err_xy: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood [B] of errors under zero-mean 2-D Gaussians."""
+    """Negative log-likelihood [B] of errors under zero-mean 2-D Gaussians (inf where the error
+    is not finite)."""
     return 0.5 * mahalanobis_sq(err_xy, cov) + math.log(2 * math.pi) + 0.5 * torch.logdet(cov)
 
 
+def mean_nll(err_xy: torch.Tensor, cov: torch.Tensor) -> float:
+    """The mean NLL over the errors that are finite (nan when none is)."""
+    nll = gaussian_nll(err_xy, cov)
+    finite = torch.isfinite(err_xy).all(dim=-1)
+    return float(nll[finite].mean()) if bool(finite.any()) else math.nan
+
+
+def elsewhere_errors(err_xy: torch.Tensor, same_scene: Optional[torch.Tensor]) -> torch.Tensor:
+    """Errors [B, 2] with those of answers in another scene (``same_scene`` [B] False) set to
+    inf: no error in the query's frame, outside every ellipse."""
+    if same_scene is None:
+        return err_xy
+    return err_xy.masked_fill(~same_scene.reshape(-1, 1).to(torch.bool), math.inf)
+
+
 def calibration_report(err_xy: torch.Tensor, cov: torch.Tensor) -> Dict[str, float]:
-    """Coverage of the 1- and 2-sigma ellipses and mean NLL (the ``calibration`` JSON object)."""
+    """Coverage of the 1- and 2-sigma ellipses, mean NLL, median 1-sigma radius and the share of
+    answers elsewhere (the ``calibration`` JSON object; see the module docstring)."""
     d2 = mahalanobis_sq(err_xy, cov)
     return {"within_1sigma": float((d2 <= 1).double().mean()),
             "within_2sigma": float((d2 <= 4).double().mean()),
-            "nll": float(gaussian_nll(err_xy, cov).mean()),
-            "median_sigma_m": float(torch.linalg.eigvalsh(cov)[:, -1].sqrt().median())}
+            "nll": mean_nll(err_xy, cov),
+            "median_sigma_m": float(torch.linalg.eigvalsh(cov)[:, -1].sqrt().median()),
+            "elsewhere": float((~torch.isfinite(err_xy).all(dim=-1)).double().mean())}
 
 
 COVERAGE_TOLERANCE = 0.05  # a fitted coverage this close to 39.3 % / 86.5 % counts as calibrated
@@ -71,7 +98,8 @@ FIT_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.
 def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: torch.Tensor,
                     cell_size: torch.Tensor, truth_xy: torch.Tensor, fitted_on: str = "",
                     centre: Optional[torch.Tensor] = None,
-                    consensus: Tuple[float, float] = (0.0, 0.0)
+                    consensus: Tuple[float, float] = (0.0, 0.0),
+                    same_scene: Optional[torch.Tensor] = None
                     ) -> Tuple[Calibration, Dict[str, float]]:
     """Scale and mixture sharpness that make the published ellipses hold their share of errors.
 
@@ -85,10 +113,12 @@ def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: to
     (each cell's own position), scores / precision / cell_size [B, K],
     truth_xy [B, 2]; ``centre`` [B, 2] the published position (default the best
     cell's) and ``consensus`` the (beta, bandwidth) that produced it, stored
-    with the result. Returns the calibration and its report on these queries.
+    with the result; ``same_scene`` [B] False where the published answer is in
+    another scene than the query (outside every ellipse). Returns the
+    calibration and its report on these queries.
     """
     centre = positions[:, 0] if centre is None else centre
-    err = truth_xy - centre
+    err = elsewhere_errors(truth_xy - centre, same_scene)
     # variance at scale 1 (clamped like any scale)
     unit_var = hypothesis_variance(precision, cell_size, 1.0)
     within, closest = None, None
@@ -107,7 +137,7 @@ def fit_calibration(positions: torch.Tensor, scores: torch.Tensor, precision: to
             inside = max(abs(c1 - TARGET_1SIGMA), abs(c2 - TARGET_2SIGMA)) <= COVERAGE_TOLERANCE
             if not inside and closest is not None and miss > closest[0][0]:
                 continue
-            nll = float(gaussian_nll(err, cov).mean())
+            nll = mean_nll(err, cov)
             cal = Calibration(scale, beta, fitted_on, *consensus)
             if inside and (within is None or nll < within[0]):
                 within = (nll, cal)
