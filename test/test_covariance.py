@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from spatialoc_ros.core.covariance import (Calibration, MAX_VARIANCE_M2, hypothesis_variance,
