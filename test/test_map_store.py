@@ -45,6 +45,7 @@ def test_store_rows_are_the_in_memory_rows(scene_map, bundle, tmp_path, monkeypa
     # filled from the cached bank and gallery of the in-memory rows
     encoded = load_or_build_map_store(bundle, cells, tmp_path / "s", "test", progress=False,
                                       chunk=7)
+
     def no_encoding(*args, **kwargs):
         raise AssertionError("encoded again although the map's gallery is cached")
 
