@@ -516,8 +516,11 @@ class FakeLocalizer:
     release = None  # a threading.Event that localize() waits for, when set by a test
 
     def __init__(self, map_dir, weights, scenes=None, device="auto", cache=None, top_k=10,
-                 max_chars=2000, max_hints=12, retriever="two-stage", retriever_options=None):
+                 max_chars=2000, max_hints=12, retriever="two-stage", retriever_options=None,
+                 cell_rows="auto"):
         from spatialoc_ros.data.schema import Cell, Object3d
+
+        assert cell_rows in ("auto", "memory", "store")
 
         points = np.random.default_rng(0).random((50, 3))
         cell = Cell("0010_00001", "0010", np.array([0.0, 0.0, 0.0, 30.0, 30.0, 30.0]), 30.0,
