@@ -68,6 +68,11 @@ def bank_key(split: str, pointnet_digest: str, max_objects: int, seed: int,
     return f"{BANK_FORMAT}-{split}-{pointnet_digest}-{max_objects}-{seed}-{cells_digest(cells)}"
 
 
+def bank_file(root, key: str) -> Path:
+    """Where the cell bank of cache key ``key`` (:func:`bank_key`) is cached under ``root``."""
+    return Path(root) / f"{key}.safetensors"
+
+
 def load_bank(root: Path, split: str, cells: Sequence, pointnet, pointnet_info: dict,
               max_objects: int, seed: int, progress: bool = True) -> CellBank:
     """The cell bank of ``cells`` under a loaded PointNet++, from ``root`` when cached, else
@@ -77,7 +82,7 @@ def load_bank(root: Path, split: str, cells: Sequence, pointnet, pointnet_info: 
     (:func:`bank_key`), which the gallery's key builds on.
     """
     key = bank_key(split, pointnet_info["digest"], max_objects, seed, cells)
-    path = Path(root) / f"{key}.safetensors"
+    path = bank_file(root, key)
     bank = CellBank.load(path)
     if bank is None or bank.ids != cell_ids(cells):
         log.info("computing the PointNet++ features of %d cells (nothing cached for these cells "

@@ -72,6 +72,12 @@ def gallery_key(coarse_weights, bank_key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def gallery_file(cache_root, key: str) -> Path:
+    """Where the gallery of cache key ``key`` (:func:`gallery_key`) is cached under
+    ``cache_root``."""
+    return Path(cache_root) / f"gallery-{key}.safetensors"
+
+
 def load_or_encode_gallery(model, bank, cache_root, coarse_weights, bank_key: str, device="cpu",
                            progress: bool = False) -> Gallery:
     """The gallery of ``bank`` under ``model``: from ``cache_root`` when cached, else encoded and
@@ -83,7 +89,7 @@ def load_or_encode_gallery(model, bank, cache_root, coarse_weights, bank_key: st
 
     path = None
     if cache_root is not None:
-        path = Path(cache_root) / f"gallery-{gallery_key(coarse_weights, bank_key)}.safetensors"
+        path = gallery_file(cache_root, gallery_key(coarse_weights, bank_key))
         cached = Gallery.load(path)
         if cached is not None and cached.ids == list(bank.ids):
             return cached

@@ -118,12 +118,13 @@ def _copy_from_memory_caches(writer, root: Path, bank_key_: str, key_of_gallery:
     """Fill the store from the map's cached bank and gallery files (the map served from memory
     before: nothing to encode); False when they are not both there for these cells."""
     from .cell_bank import CellBank
-    from .gallery import Gallery
+    from .frozen_inputs import bank_file
+    from .gallery import Gallery, gallery_file
 
-    features = CellBank.load(root / f"{bank_key_}.safetensors")
+    features = CellBank.load(bank_file(root, bank_key_))
     if features is None or features.ids != ids:
         return False
-    gallery = Gallery.load(root / f"gallery-{key_of_gallery}.safetensors")
+    gallery = Gallery.load(gallery_file(root, key_of_gallery))
     if gallery is None or gallery.ids != ids:
         return False
     from ..networks.outputs import CoarseOutputs
