@@ -110,8 +110,9 @@ def test_a_stopped_build_resumes_after_its_last_chunk(scene_map, bundle, tmp_pat
 @pytest.mark.timeout(300)
 def test_a_localizer_served_from_the_store_answers_as_from_float16_rows(scene_map, tiny_weights,
                                                                         tmp_path):
-    """Served from the store, a localizer answers exactly as one served from memory whose
-    instance and PointNet++ features are rounded to float16 (what the store keeps)."""
+    """Served from the store, a localizer answers as one served from memory whose instance and
+    PointNet++ features are rounded to float16 (what the store keeps). (Chunked encoding against
+    the gallery's is :func:`test_store_rows_are_the_in_memory_rows`.)"""
     import copy
 
     from spatialoc_ros.core.cell_rows import MemoryCells
@@ -134,8 +135,9 @@ def test_a_localizer_served_from_the_store_answers_as_from_float16_rows(scene_ma
     for pose in scene_map.poses[:12]:
         a, b = memory.localize(pose.text), stored.localize(pose.text)
         assert [h.cell_id for h in b.hypotheses] == [h.cell_id for h in a.hypotheses]
-        # the store's cells were encoded in chunks, the gallery in one batch: float32 rounding
-        # apart, which float16 storage hides (or, rarely, moves by one float16 step)
+        # the store was filled from this gallery's cache (the memory localizer started first),
+        # so both read the same float16-rounded values; the scores may differ only by the order
+        # in which the two row sources hand them to the same arithmetic
         np.testing.assert_allclose([h.score for h in b.hypotheses],
                                    [h.score for h in a.hypotheses], rtol=0, atol=1e-3)
         np.testing.assert_allclose(b.covariance_xy, a.covariance_xy, rtol=1e-3, atol=1e-3)
