@@ -236,6 +236,17 @@ class Localizer:
         self.retriever = make_retriever(retriever, self.rows, self.weights.score_terms, **options)
         return time.perf_counter() - t0
 
+    def cell_frames(self):
+        """(cell corners [R, 2] m, cell sizes [R] m, scene ids [R]) of every gallery row, each in
+        its scene's frame."""
+        return self._origin, self._cell_size, self.scene_index
+
+    def shift_scenes(self, offsets: torch.Tensor) -> None:
+        """Move every row of scene s by ``offsets[s]`` (m; [S, 2]): scenes with frames of their
+        own laid out in one (:mod:`.evaluation.city_layout`). Positions only: what is
+        retrieved and its scores do not change. :meth:`grow` puts the cells back."""
+        self._origin = self._origin + offsets.double()[self.scene_index]
+
     def rows_of(self, ids: Sequence[str]) -> torch.Tensor:
         """The gallery rows [M] of the map's cells ``ids``."""
         if getattr(self, "_row_of", None) is None:

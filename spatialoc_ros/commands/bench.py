@@ -52,6 +52,10 @@ def add_bench_command(commands) -> None:
                        help="--scale: at most D distinct cells; rows beyond repeat the "
                             "distractor rows (query time, memory and index build of N cells; "
                             "recall only up to D)")
+    scale.add_argument("--frames", choices=("city", "separate"), default="city",
+                       help="--scale: lay the scenes out as districts of one frame, as a city "
+                            "map is (city, default: an answer in another scene has an error), "
+                            "or keep a frame per scene (separate: it is outside every ellipse)")
     scale.add_argument("--plot", default=None, metavar="FILE.png",
                        help="--scale: draw recall against gallery size")
     p.set_defaults(handler=_run_bench)
@@ -148,7 +152,7 @@ def _run_scale(args) -> int:
     rows = bench_scales(args.scale, data=args.data, weights=args.weights, queries=args.queries,
                         top_k=args.top_k, retriever=args.retriever, shortlist=args.shortlist,
                         index=args.index, device=device, progress=not args.json,
-                        distinct=args.distinct)
+                        distinct=args.distinct, frames=args.frames)
     if args.plot:
         plot_scale(rows, args.plot)
     cpu = cpu_report()

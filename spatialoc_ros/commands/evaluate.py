@@ -35,6 +35,16 @@ def add_eval_command(commands) -> None:
                         "(and the covariance's far term) on the validation queries with the "
                         "gallery grown to these sizes by distractor cells of other cities, e.g. "
                         "1194 4139 10000 30000; writes WEIGHTS/calibration.json")
+    p.add_argument("--frames", choices=("city", "separate"), default="city",
+                   help="with --fit-probability: lay the gallery's scenes out as districts of one "
+                        "frame, as a robot's map is, so an answer in another scene has an error "
+                        "the far term can hold (city, default), or keep a frame per scene "
+                        "(separate: such an answer is outside every ellipse)")
+    p.add_argument("--coverage", choices=("cautious", "balanced"), default="cautious",
+                   help="with --fit-probability: when no covariance holds both 39.3 %% inside 1 "
+                        "sigma and 86.5 %% inside 2, hold 86.5 %% inside 2 at every size with "
+                        "the sharpest ellipses (cautious, default) or miss both by the least "
+                        "(balanced: over-confident for the wrong answers)")
     p.add_argument("--retriever", choices=("auto", "two-stage", "exhaustive"), default="auto",
                    help="two-stage (faiss shortlist, exact fused rerank), exhaustive (the fused "
                         "score of every cell, the reference) or auto (as served: exhaustive up "
@@ -116,7 +126,8 @@ def _run_fit_probability(args) -> int:
         raise SpatialocError("--fit-probability fits on the validation split: --split val, one "
                              "--weights folder, no --queries or --distractors")
     report = fit_probability_on_val(args.data, args.weights[0], args.fit_probability,
-                                    cache=args.cache, progress=not (args.quiet or args.json))
+                                    cache=args.cache, progress=not (args.quiet or args.json),
+                                    frames=args.frames, objective=args.coverage)
     print(json.dumps(report) if args.json else format_probability_report(report))
     return 0
 

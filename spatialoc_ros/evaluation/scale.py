@@ -97,11 +97,14 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
                 queries: int = 300, top_k: int = 10, retriever: str = "two-stage",
                 shortlist: int = 256, index: str = "auto", exhaustive: Optional[bool] = None,
                 device: str = "cpu", seed: int = 0, progress: bool = True,
-                cache: Optional[str] = None, loc=None, distinct: Optional[int] = None) -> dict:
+                cache: Optional[str] = None, loc=None, distinct: Optional[int] = None,
+                frames: str = "city") -> dict:
     """The figures of the module docstring for a gallery of ``cells`` cells (``loc``: a
     Localizer of the test scenes to reuse). ``distinct``: at most this many distinct cells;
     rows beyond repeat the distractor rows (:class:`RepeatedRows`: query time, memory and
-    index build only, no recall)."""
+    index build only, no recall). ``frames``: ``city`` lays every scene out as a district of
+    one frame (:mod:`.city_layout`), so an answer in another scene has an error in metres;
+    ``separate`` keeps a frame per scene (such an answer is outside every ellipse)."""
     from tqdm import tqdm
 
     from ..data.constants import SPLITS
@@ -121,6 +124,14 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
     extra = RepeatedRows(store, cells - base) if repeated else store
     options = {"shortlist": shortlist, "index": index} if retriever == "two-stage" else {}
     index_build_s = loc.grow(extra, retriever, **options)
+    offsets = None
+    if frames == "city":
+        from .city_layout import district_offsets
+
+        offsets = district_offsets(*loc.cell_frames())
+        loc.shift_scenes(offsets)
+    elif frames != "separate":
+        raise SpatialocError(f"frames {frames!r} is not city or separate")
 
     poses = loc.map.poses
     rng = np.random.default_rng(seed)
@@ -160,7 +171,7 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
         same_scene.append(int(loc.scene_index[ordered.rows[0, 0]]) == scene_of[pose.scene])
         truth = torch.tensor(np.array([pose.pose_w[:2]]), dtype=torch.float64)
         answers.append(answers_of(loc, [reading], ordered, truth,
-                                  torch.tensor([scene_of[pose.scene]])))
+                                  torch.tensor([scene_of[pose.scene]]), offsets))
         answers[-1].cov = cov  # as published (with the far term when a model is fitted)
         if prob is not None:
             probs.append(prob[0, 0])
@@ -177,7 +188,8 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
            "index_build_s": index_build_s,
            "retrieval_recall": _recall(rows_t, gt),
            "published_recall_k1": localization_recall(err[:, None], ks=(1,))["1"],
-           "calibration": calibration_report(every.err_xy, every.cov),
+           "calibration": dict(calibration_report(every.err_xy, every.cov), frames=frames,
+                               another_scene=1.0 - float(np.mean(same_scene))),
            "threads": torch.get_num_threads()}
     if probs:
         out["calibration"]["probability"] = reliability(torch.stack(probs), every.right)
@@ -198,6 +210,11 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
     out["gallery"] = (f"{base} test cells of {data} (seed 0) + {len(store)} distractor cells: "
                       f"real cells of the benchmark preset's cities with seeds "
                       f"{_seeds(store)}, every scene, no transform")
+    if offsets is not None:
+        origin, size, _ = loc.cell_frames()
+        span = (origin + size[:, None]).amax(0) - origin.amin(0)
+        out["gallery"] += (f"; its {len(offsets)} scenes laid out as districts of one frame, "
+                           f"{span[0] / 1e3:.1f} km x {span[1] / 1e3:.1f} km")
     if repeated:
         out["gallery"] += (f"; then those {len(store)} distractor rows repeated "
                            f"({extra.copies} copies, cut at {cells} rows): query time, memory "
