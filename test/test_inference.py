@@ -219,6 +219,13 @@ def test_eval_with_training_scenes_as_distractors_widens_the_validation_gallery(
             and wide["num_queries"] == plain["num_queries"])
     assert (wide["gallery_cells"] > plain["gallery_cells"]
             and set(wide["published_recall"]) == {"1", "5", "10"})
+    # two scenes: also measured laid out as districts of one frame, where an answer in the
+    # other scene has an error instead of none, so no share can fall (the answers in their
+    # own scene keep their errors up to float64 rounding of the offsets, far below a metre)
+    cal = wide["calibration"]
+    assert plain["calibration"]["one_frame"] is None
+    assert cal["one_frame"]["within_2sigma"] >= cal["within_2sigma"]
+    assert cal["one_frame"]["within_1sigma"] >= cal["within_1sigma"]
     assert main(args + ["--distractors", "0003"]) == 2  # a test scene
     assert "test scenes" in capsys.readouterr().err
     assert main(args[:4] + ["test"] + args[5:] + ["--distractors", "0000"]) == 2

@@ -304,6 +304,8 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
                  & ((truth - ordered.positions[:, 0]).norm(dim=1) <= RIGHT_M))
     out["calibration"] = calibration_report(
         elsewhere_errors(truth - ordered.positions[:, 0], same_scene(ordered)[:, 0]), cov)
+    out["calibration"]["one_frame"] = _one_frame_coverage(loc, ordered, truth,
+                                                          query_scene[:, 0], scenes, cov)
     out["calibration"].update(loc.calibration.to_dict())
     if model is not None:
         out["calibration"]["probability"] = reliability(p, right)
@@ -312,6 +314,30 @@ def _pipeline(loc, weights, queries, gt, progress, fit, show=0, show_dir=None,
     if show:
         out["pictures"] = _draw(loc, queries, show, show_dir or "out/eval")
     return out
+
+
+def _one_frame_coverage(loc, ordered, truth, query_scene, scenes, cov) -> Optional[dict]:
+    """The 1- and 2-sigma shares with the gallery's scenes laid out as districts of one frame
+    (:mod:`.city_layout`), as a city map's would be: an answer in another scene is then off
+    by the distance between the districts instead of outside every ellipse. None for a
+    gallery of one scene (the same figures as the report's)."""
+    import torch
+
+    from .city_layout import district_offsets
+    from .localization import mahalanobis_sq
+
+    origin, size, scene_index = loc.cell_frames()
+    if int(scene_index.max()) == 0:
+        return None
+    index_of = {name: int(i) for name, i in zip(scenes, scene_index.tolist())}
+    if any(name not in index_of for name in query_scene):
+        return None  # a query of a scene the gallery does not hold
+    offsets = district_offsets(origin, size, scene_index)
+    asked = offsets[torch.tensor([index_of[name] for name in query_scene])]
+    answered = offsets[loc.scene_index[ordered.rows[:, 0]]]
+    d2 = mahalanobis_sq(truth + asked - ordered.positions[:, 0] - answered, cov)
+    return {"within_1sigma": float((d2 <= 1).double().mean()),
+            "within_2sigma": float((d2 <= 4).double().mean())}
 
 
 def _facts_read(queries, readings) -> dict:
@@ -374,6 +400,11 @@ def format_report(report: dict) -> str:
         if cal.get("elsewhere"):
             lines.append(f"  {100 * cal['elsewhere']:.1f} % of the answers are in another scene: "
                          "outside every ellipse")
+        one = cal.get("one_frame")
+        if one:
+            lines.append(f"  the scenes laid out as districts of one frame: "
+                         f"{100 * one['within_1sigma']:.1f} % inside 1 sigma, "
+                         f"{100 * one['within_2sigma']:.1f} % inside 2 sigma")
         prob = cal.get("probability")
         if prob:
             lines.append(f"answer probability of being within 10 m: mean "
