@@ -101,3 +101,24 @@ def tiny_weights(tiny_dataset, tmp_path_factory):
                                warmup_epochs=0,
                                model=FineConfig(d=32)), progress=False)
     return out
+
+
+@pytest.fixture
+def copy_store():
+    """A function (localizer, folder) -> CellStore holding a copy of the localizer's own cells
+    (one scene, "copy"; float16 instance features as every store keeps them)."""
+    import torch
+
+    from spatialoc_ros.core.cell_store import CellStore, CellStoreWriter
+
+    def make(loc, folder):
+        gallery, bank = loc.coarse.gallery, loc.coarse.bank
+        d, own = gallery.descriptors, len(gallery.ids)
+        writer = CellStoreWriter(folder, own, d.p_mask.shape[1], d.p_glo.shape[1],
+                                 bank.point_features.shape[2], key="copy")
+        origin, size, _ = loc.cell_frames()
+        writer.append([f"copy/{i}" for i in gallery.ids], "copy", d,
+                      bank.batch(torch.arange(own)), size[:own].numpy(), origin[:own].numpy())
+        return CellStore(folder)
+
+    return make

@@ -44,10 +44,10 @@ def test_districts_keep_each_scene_whole_and_apart():
     assert float(span[0]) > 2 * 1200.0 and float(span[1]) < 3 * 1300.0
 
 
-def test_grown_copies_answer_from_another_district(tiny_dataset, tiny_weights, tmp_path):
+def test_grown_copies_answer_from_another_district(tiny_dataset, tiny_weights, tmp_path,
+                                                   copy_store):
     """The map's cells and a copy of them as a second scene: laid out in one frame, an answer
     from the copy is as far from the truth as the two districts are apart, not infinitely."""
-    from spatialoc_ros.core.cell_store import CellStore, CellStoreWriter
     from spatialoc_ros.core.weights import WeightsBundle
     from spatialoc_ros.evaluation.confidence_fit import answers_of
     from spatialoc_ros.inference import Localizer
@@ -56,14 +56,7 @@ def test_grown_copies_answer_from_another_district(tiny_dataset, tiny_weights, t
                     scenes=["2013_05_28_drive_0010_sync"], device="cpu",
                     cache=tiny_weights / "cache", retriever="exhaustive")
     own = loc.num_cells
-    gallery, bank = loc.coarse.gallery, loc.coarse.bank
-    d = gallery.descriptors
-    writer = CellStoreWriter(tmp_path / "s", own, d.p_mask.shape[1], d.p_glo.shape[1],
-                             bank.point_features.shape[2], key="copy")
-    origin, size, _ = loc.cell_frames()
-    writer.append([f"copy/{i}" for i in gallery.ids], "copy", d, bank.batch(torch.arange(own)),
-                  size.numpy(), origin.numpy())
-    loc.grow(CellStore(tmp_path / "s"), "exhaustive")
+    loc.grow(copy_store(loc, tmp_path / "s"), "exhaustive")
     offsets = district_offsets(*loc.cell_frames())
     loc.shift_scenes(offsets)
     moved, _, scene = loc.cell_frames()

@@ -129,20 +129,13 @@ def test_auto_scores_small_maps_exhaustively(tiny_dataset, bundle, tiny_weights)
 
 
 def test_grow_serves_added_rows_after_the_maps_own_and_grows_again_from_scratch(
-        tiny_dataset, bundle, tiny_weights, tmp_path):
-    from spatialoc_ros.core.cell_store import CellStore, CellStoreWriter
+        tiny_dataset, bundle, tiny_weights, tmp_path, copy_store):
+    from spatialoc_ros.core.cell_store import CellStore
 
     loc = Localizer(tiny_dataset, bundle, scenes=[VAL_SCENE], device="cpu",
                     cache=tiny_weights / "cache", retriever="exhaustive")
     own = loc.num_cells
-    gallery, bank = loc.coarse.gallery, loc.coarse.bank
-    d = gallery.descriptors
-    writer = CellStoreWriter(tmp_path / "s", own, d.p_mask.shape[1], d.p_glo.shape[1],
-                             bank.point_features.shape[2], key="copy")
-    rows = torch.arange(own)
-    writer.append([f"copy/{i}" for i in gallery.ids], "copy", d, bank.batch(rows),
-                  loc._cell_size.numpy(), loc._origin.numpy())
-    loc.grow(CellStore(tmp_path / "s"), "exhaustive")
+    loc.grow(copy_store(loc, tmp_path / "s"), "exhaustive")
     assert loc.num_cells == 2 * own
     # the copies are a scene of their own, after the map's scenes
     assert loc.scene_index[own:].min() > loc.scene_index[:own].max()
