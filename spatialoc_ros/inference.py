@@ -237,14 +237,17 @@ class Localizer:
         return time.perf_counter() - t0
 
     def cell_frames(self):
-        """(cell corners [R, 2] m, cell sizes [R] m, scene ids [R]) of every gallery row, each in
-        its scene's frame."""
+        """(cell corners [R, 2] m, cell sizes [R] m, scene ids [R]) of every gallery row, as
+        served: each in its scene's frame, or where :meth:`shift_scenes` moved it."""
         return self._origin, self._cell_size, self.scene_index
 
     def shift_scenes(self, offsets: torch.Tensor) -> None:
         """Move every row of scene s by ``offsets[s]`` (m; [S, 2]): scenes with frames of their
         own laid out in one (:mod:`.evaluation.city_layout`). Positions only: what is
-        retrieved and its scores do not change. :meth:`grow` puts the cells back."""
+        retrieved and its scores do not change. Like the rows :meth:`grow` adds, the moved
+        cells are for :meth:`candidates`, :meth:`consensus` and :meth:`published` (the map's
+        points stay where they are, so not for :meth:`localize`); :meth:`grow` puts them
+        back."""
         self._origin = self._origin + offsets.double()[self.scene_index]
 
     def rows_of(self, ids: Sequence[str]) -> torch.Tensor:

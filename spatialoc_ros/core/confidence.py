@@ -27,7 +27,9 @@ adds the doubt the mixture cannot see, an isotropic term for "somewhere else":
     Sigma' = Sigma + (1 - p)^gamma · V_far · I
 
 with V_far (m²), gamma and the fine variances' scale fitted on the same
-answers so that the 1- and 2-sigma ellipses hold 39.3 % and 86.5 % of them
+answers, with the gallery's scenes laid out in one frame as a city map's are:
+the 2-sigma ellipses hold at least 86.5 % of them at every fitted gallery
+size, and the 1-sigma ellipses as near 39.3 % as that allows
 (:func:`..evaluation.confidence_fit.fit_scale_and_far_variance`). A sure answer
 keeps its ellipse; a doubtful one gets an ellipse as wide as the places it may
 be confused with. (With gamma = 1 the term a confident right answer still gets,

@@ -112,6 +112,8 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
     from .confidence_fit import Answers, answers_of, reliability
     from .localization import calibration_report, localization_recall
 
+    if frames not in ("city", "separate"):
+        raise SpatialocError(f"frames {frames!r} is not city or separate")
     if loc is None:
         loc = Localizer(data, weights, scenes=list(SPLITS["test"]), device=device, cache=cache,
                         top_k=top_k, progress=progress)
@@ -130,8 +132,6 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
 
         offsets = district_offsets(*loc.cell_frames())
         loc.shift_scenes(offsets)
-    elif frames != "separate":
-        raise SpatialocError(f"frames {frames!r} is not city or separate")
 
     poses = loc.map.poses
     rng = np.random.default_rng(seed)
