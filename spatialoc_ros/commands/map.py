@@ -1,4 +1,5 @@
-"""``spatialoc map build``: argument wiring; the procedure is in spatialoc_ros.data.map_build."""
+"""``spatialoc map build`` and ``map import``: argument wiring; the procedures are in
+spatialoc_ros.data.map_build and spatialoc_ros.data.map_import."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import json
 def add_map_command(commands) -> None:
     p = commands.add_parser("map", help="build a localization map from labelled point clouds",
                             description="Maps from your own data.")
-    sub = p.add_subparsers(dest="map_command", metavar="{build}")
+    sub = p.add_subparsers(dest="map_command", metavar="{build,import}")
     sub.required = True
     b = sub.add_parser("build", help="cut labelled PLY/PCD clouds into a map folder",
                        description="Read labelled PLY/PCD clouds (several windows of one area "
@@ -40,6 +41,23 @@ def add_map_command(commands) -> None:
     b.add_argument("--json", action="store_true", help="print the map's metadata as JSON")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(handler=_run_build)
+    i = sub.add_parser("import", help="write one KITTI360Pose scene as a map folder",
+                       description="Write one scene of a KITTI360Pose folder (cells/<scene>.pkl) "
+                                   "as a map folder with the same cells: served a cell at a "
+                                   "time from a memory-mapped file instead of read whole at "
+                                   "start, and from a memory-mapped store above 20,000 cells.")
+    i.add_argument("folder", metavar="KITTI360POSE_DIR", help="folder with cells/<scene>.pkl")
+    i.add_argument("--scene", required=True, metavar="SCENE",
+                   help="the scene, full or 4-digit short name (e.g. 0003)")
+    i.add_argument("--out", required=True, metavar="DIR", help="map folder to write")
+    i.add_argument("--name", default=None,
+                   help="names the cells (<name>_<number>) and the map's cache files "
+                        "(default: scene_<short name>)")
+    i.add_argument("--frame-id", default="map", metavar="F",
+                   help="frame the map's positions are published in (default: map)")
+    i.add_argument("--force", action="store_true", help="replace --out if it is a map folder")
+    i.add_argument("--json", action="store_true", help="print the map's metadata as JSON")
+    i.set_defaults(handler=_run_import)
 
 
 def _run_build(args) -> int:
@@ -60,4 +78,19 @@ def _run_build(args) -> int:
           f"{seconds['cells']:.1f} s ({counts['cells'] / max(seconds['cells'], 1e-9):.1f} "
           "cells/s)")
     print(f"wrote {args.out} (frame {meta['frame_id']}) in {seconds['total']:.1f} s")
+    return 0
+
+
+def _run_import(args) -> int:
+    from ..data.map_import import import_kitti_scene
+
+    meta = import_kitti_scene(args.folder, args.scene, args.out, name=args.name,
+                              frame_id=args.frame_id, force=args.force)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    counts = meta["counts"]
+    print(f"wrote {args.out}: {counts['cells']:,} cells, {counts['objects']:,} objects, "
+          f"{counts['points']:,} points of {meta['sources'][0]['kitti360pose_scene']} "
+          f"(map {meta['name']}, frame {meta['frame_id']}) in {meta['seconds']['total']:.1f} s")
     return 0

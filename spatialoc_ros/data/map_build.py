@@ -10,8 +10,8 @@
 2. Cut the objects into cells with the benchmark's own code (:mod:`.cells`): 30 m cubes on
    a 10 m grid, along the drive when one is given (``--trajectory``, as the benchmark
    places them) or else over the ground a person can stand on and 20 m beside it, at the
-   drive's pose height above it (:func:`.cells.ground_cell_centers`); kept where an instance object is within 15 m and
-   at least six objects fall inside. All of this happens in the clouds' own coordinates;
+   drive's pose height above it (:func:`.cells.ground_cell_centers`); kept where an
+   instance object is within 15 m and at least six objects fall inside. All of this happens in the clouds' own coordinates;
    ``--origin`` is added to the cells' boxes at the end, so it moves the map without changing
    it (a grid laid after adding it would move by whole grid steps, not by the origin).
 3. Write ``map.json`` and ``cells.safetensors`` (:mod:`.map_folder`) into a temporary
@@ -247,17 +247,7 @@ def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str
 
     ``downsample=False`` keeps every point (for clouds whose objects are already at the
     benchmark's density, such as the synthetic scenes of ``data synth --ply``)."""
-    from .map_folder import MAP_FILE, is_map_folder, write_map_folder
-
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        if not force:
-            raise DataError(f"{out}: already exists; choose another --out or add --force")
-        if not is_map_folder(out):  # --force replaces a map, never other files
-            raise DataError(f"{out}: not a map folder (no {MAP_FILE}); --force only replaces "
-                            "a map: choose another --out")
-    if not name.isidentifier():
-        raise DataError(f"map name {name!r}: use letters, digits and _")
+    out = check_map_out(out, name, force)
     origin_arr = np.asarray(origin, dtype=np.float64).reshape(3)
     if not np.isfinite(origin_arr).all():
         raise DataError("--origin must be three finite numbers")
@@ -283,6 +273,33 @@ def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str
                                           if drive is not None else "over the standing ground")
     if not downsample:
         meta["cell_parameters"]["voxel_m"] = None
+    publish_map(out, cells, meta)
+    meta["seconds"]["total"] = time.perf_counter() - t0
+    return meta
+
+
+def check_map_out(out, name: str, force: bool) -> Path:
+    """``out`` as a Path, once it is clear a map named ``name`` may be written there: empty or
+    missing, or (with ``force``) a map folder; DataError otherwise."""
+    from .map_folder import MAP_FILE, is_map_folder
+
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        if not force:
+            raise DataError(f"{out}: already exists; choose another --out or add --force")
+        if not is_map_folder(out):  # --force replaces a map, never other files
+            raise DataError(f"{out}: not a map folder (no {MAP_FILE}); --force only replaces "
+                            "a map: choose another --out")
+    if not name.isidentifier():
+        raise DataError(f"map name {name!r}: use letters, digits and _")
+    return out
+
+
+def publish_map(out: Path, cells, meta: dict) -> None:
+    """Write the map folder beside ``out`` and rename it into place (a reader never sees half
+    a map; an old map at ``out`` is replaced)."""
+    from .map_folder import write_map_folder
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -294,8 +311,6 @@ def build_map(inputs: Sequence, out, labels: Optional[str] = None, frame_id: str
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    meta["seconds"]["total"] = time.perf_counter() - t0
-    return meta
 
 
 def _readable(folder: Path) -> None:
@@ -318,6 +333,18 @@ def _warn_dropped(counts: ReadCounts, mapping: LabelMap) -> None:
                     mapping.source, listed, f" and {more} more" if more > 0 else "")
 
 
+def _cell_parameters() -> dict:
+    """How the benchmark's procedure cuts cells (recorded in ``map.json``)."""
+    return {"size_m": C.CELL_SIZE, "grid_m": C.CELL_DIST,
+            "min_objects": C.NUM_MENTIONED,
+            "instance_inside_fraction": C.INSIDE_FRACTION,
+            "stuff_min_points": C.STUFF_MIN_POINTS,
+            "dbscan_eps_m": C.DBSCAN_EPS,
+            "dbscan_min_points": C.DBSCAN_MIN_SAMPLES,
+            "standing_classes": list(STANDING_CLASSES),
+            "voxel_m": {n: C.CLASSES[n][2] for n in C.CLASS_NAMES}}
+
+
 def _metadata(name, frame_id, origin, mapping: LabelMap, report: BuildReport,
               num_objects: int) -> dict:
     counts = report.counts
@@ -327,14 +354,7 @@ def _metadata(name, frame_id, origin, mapping: LabelMap, report: BuildReport,
         "origin": origin.tolist(),
         "sources": report.sources,
         "labels": mapping.to_dict(),
-        "cell_parameters": {"size_m": C.CELL_SIZE, "grid_m": C.CELL_DIST,
-                            "min_objects": C.NUM_MENTIONED,
-                            "instance_inside_fraction": C.INSIDE_FRACTION,
-                            "stuff_min_points": C.STUFF_MIN_POINTS,
-                            "dbscan_eps_m": C.DBSCAN_EPS,
-                            "dbscan_min_points": C.DBSCAN_MIN_SAMPLES,
-                            "standing_classes": list(STANDING_CLASSES),
-                            "voxel_m": {n: C.CLASSES[n][2] for n in C.CLASS_NAMES}},
+        "cell_parameters": _cell_parameters(),
         "counts": {"points": counts.points, "non_finite_dropped": counts.non_finite,
                    "ignored_points": counts.ignored,
                    "unlisted_points": sum(counts.unlisted.values()),
