@@ -11,9 +11,10 @@
    a 10 m grid, along the drive when one is given (``--trajectory``, as the benchmark
    places them) or else over the ground a person can stand on and 20 m beside it, at the
    drive's pose height above it (:func:`.cells.ground_cell_centers`); kept where an
-   instance object is within 15 m and at least six objects fall inside. All of this happens in the clouds' own coordinates;
-   ``--origin`` is added to the cells' boxes at the end, so it moves the map without changing
-   it (a grid laid after adding it would move by whole grid steps, not by the origin).
+   instance object is within 15 m and at least six objects fall inside. All of this happens
+   in the clouds' own coordinates; ``--origin`` is added to the cells' boxes at the end, so
+   it moves the map without changing it (a grid laid after adding it would move by whole
+   grid steps, not by the origin).
 3. Write ``map.json`` and ``cells.safetensors`` (:mod:`.map_folder`) into a temporary
    folder beside ``--out`` and rename it into place, so a failed build leaves nothing.
 """

@@ -114,7 +114,8 @@ class MapCells(Sequence[Cell]):
 
     In memory: the per-cell and per-object arrays (about 70 bytes a cell and 26 an object) and
     the columns serving needs of every cell (:attr:`ids`, :attr:`scenes`, :attr:`sizes`,
-    :attr:`origins`, :attr:`boxes`); the points and colours stay in the file (safetensors, memory-mapped).
+    :attr:`origins`, :attr:`boxes`); the points and colours stay in the file (safetensors,
+    memory-mapped).
     ``content_digest`` stands for everything in the file: the SHA-256 of its bytes that
     ``spatialoc map build`` recorded in ``map.json`` (with the file's size and the map's
     name), so a start never reads the points to key its caches.
