@@ -83,3 +83,15 @@ def test_grown_copies_answer_from_another_district(tiny_dataset, tiny_weights, t
     # a frame per scene: the same answers in another scene are outside every ellipse
     separate = answers_of(loc, readings, cand, truth, query_scene)
     assert not torch.isfinite(separate.err_xy[apart]).any()
+
+
+def test_only_the_two_frame_layouts_are_accepted():
+    import pytest
+
+    from spatialoc_ros.errors import SpatialocError
+    from spatialoc_ros.evaluation.city_layout import FRAMES, check_frames
+
+    for frames in FRAMES:
+        check_frames(frames)
+    with pytest.raises(SpatialocError, match="expected one of city, separate"):
+        check_frames("world")

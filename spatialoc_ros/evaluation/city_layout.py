@@ -23,6 +23,17 @@ import math
 import torch
 
 DISTRICT_MARGIN_M = 100.0  # empty ground between two districts' cells
+# how the scale benchmark and the probability fit place a gallery's scenes: as districts of one
+# frame, or each in a frame of its own (the benchmark's; another scene's answer has no error)
+FRAMES = ("city", "separate")
+
+
+def check_frames(frames: str) -> None:
+    """SpatialocError unless ``frames`` is one of :data:`FRAMES`."""
+    from ..errors import SpatialocError
+
+    if frames not in FRAMES:
+        raise SpatialocError(f"frames {frames!r}: expected one of {', '.join(FRAMES)}")
 
 
 def district_offsets(origin: torch.Tensor, cell_size: torch.Tensor, scene: torch.Tensor,

@@ -332,9 +332,6 @@ def feature_table(model: ProbabilityModel) -> List[str]:
             for name, w, s in zip(FEATURES, model.weights, model.std)]
 
 
-FRAMES = ("city", "separate")
-
-
 def fit_probability_on_val(data: str, weights: str, sizes: Sequence[int], cache=None,
                            progress: bool = True, shortlist: int = 256, frames: str = "city",
                            objective: str = "cautious") -> dict:
@@ -354,11 +351,10 @@ def fit_probability_on_val(data: str, weights: str, sizes: Sequence[int], cache=
     from ..data.constants import SPLITS
     from ..errors import SpatialocError
     from ..inference import Localizer
-    from .city_layout import district_offsets
+    from .city_layout import check_frames, district_offsets
     from .scale import distractor_store
 
-    if frames not in FRAMES:
-        raise SpatialocError(f"frames {frames!r} is not one of {FRAMES}")
+    check_frames(frames)
     loc = Localizer(data, weights, scenes=list(SPLITS["val"]), cache=cache, device="cpu",
                     progress=progress)
     base = loc.num_cells

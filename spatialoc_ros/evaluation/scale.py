@@ -109,11 +109,11 @@ def bench_scale(cells: int, data: str = "data/benchmark", weights: str = "models
 
     from ..data.constants import SPLITS
     from ..inference import Localizer
+    from .city_layout import check_frames
     from .confidence_fit import Answers, answers_of, reliability
     from .localization import calibration_report, localization_recall
 
-    if frames not in ("city", "separate"):
-        raise SpatialocError(f"frames {frames!r} is not city or separate")
+    check_frames(frames)
     if loc is None:
         loc = Localizer(data, weights, scenes=list(SPLITS["test"]), device=device, cache=cache,
                         top_k=top_k, progress=progress)
